@@ -1,0 +1,178 @@
+"""Run configuration and node configuration, validated once at the boundary.
+
+Flower hands the app a flat ``run_config`` (``[tool.flwr.app.config]`` merged with
+``--run-config`` overrides) and, per SuperNode, a ``node_config``. Both are parsed here
+with pydantic; any bad value stops the run with one message naming the key, the value
+and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SUPPORTED_DATASETS = ("ptbxl",)
+
+
+class ConfigError(ValueError):
+    """A run or node configuration value is invalid."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _format_validation_error(kind: str, err: ValidationError, raw: Mapping[str, Any]) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<config>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{kind}: unknown key '{key}' (value {raw.get(key)!r}); check the spelling against pyproject.toml")
+            continue
+        value = raw.get(key, item.get("input"))
+        msg = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{kind}: key '{key}' has value {value!r}; expected {msg}")
+    return "\n".join(lines)
+
+
+class RunConfig(BaseModel):
+    """Every tunable of a run (``[tool.flwr.app.config]``), typed and range-checked."""
+
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
+
+    # data
+    dataset: str = "ptbxl"
+    data_path: str = ""
+    sampling_rate: Literal[100, 500] = 100
+    synthetic_records: int = Field(1000, ge=100, le=200_000)
+    partitioning: Literal["dirichlet", "iid", "site"] = "dirichlet"
+    dirichlet_alpha: float = Field(0.5, gt=0.0, le=1e6)
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
+    seed: int = 42
+    # model
+    model: Literal["hybrid", "classical"] = "hybrid"
+    n_qubits: int = Field(4, ge=1, le=10)
+    n_layers: int = Field(2, ge=1, le=10)
+    quantum_backend: Literal["torch", "pennylane"] = "torch"
+    # local training
+    local_epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=65536)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    # federation
+    num_server_rounds: int = Field(5, ge=1, le=100_000)
+    strategy: Literal["fedavg", "adeptheq", "fhe-fedqnn"] = "fedavg"
+    min_clients: int = Field(2, ge=1)
+    round_timeout: float = Field(3600.0, gt=0.0)
+    results_dir: str = ""
+    # AdeptHEQ: DP accuracy weighting
+    dp_epsilon: float = Field(1.0, gt=0.0, le=100.0)
+    dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    softmax_tau: float = Field(0.5, gt=0.0, le=1e6)
+    weight_by_samples: bool = False
+    # AdeptHEQ: homomorphic encryption (TenSEAL CKKS)
+    he_layers: str = "fc"
+    he_server_context: str = ""
+    he_poly_modulus_degree: int = 8192
+    # AdeptHEQ: EMA layer freezing
+    freeze_threshold: float = Field(1e-3, ge=0.0)
+    freeze_ema_alpha: float = Field(0.9, ge=0.0, lt=1.0)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in SUPPORTED_DATASETS:
+            raise ValueError(f"one of {', '.join(SUPPORTED_DATASETS)}")
+        return value
+
+    @field_validator("results_dir")
+    @classmethod
+    def _absolute_results_dir(cls, value: str) -> str:
+        if value and not Path(value).is_absolute():
+            raise ValueError("an absolute path (or empty for a new folder under results/)")
+        return value
+
+    @field_validator("he_layers")
+    @classmethod
+    def _layer_list(cls, value: str) -> str:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if not names:
+            raise ValueError("a comma-separated list of layer names (e.g. 'fc' or 'proj,fc') or 'all'")
+        return ",".join(names)
+
+    @field_validator("he_server_context")
+    @classmethod
+    def _server_context_file(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"an existing public CKKS context file (server.ctx), but '{value}' does not exist")
+        return value
+
+    @property
+    def he_layer_names(self) -> list[str]:
+        return self.he_layers.split(",")
+
+    @model_validator(mode="after")
+    def _data_folder(self) -> "RunConfig":
+        if self.data_path:
+            check_ptbxl_folder(self.data_path, self.sampling_rate, key="data-path")
+        return self
+
+    @classmethod
+    def from_flower(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        """Parse Flower's flat run config; raises ConfigError with one readable message."""
+        try:
+            return cls.model_validate(dict(raw))
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error("run config", err, raw)) from None
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class NodeConfig(BaseModel):
+    """What a SuperNode tells its ClientApp: which partition it is and where its files are.
+
+    In simulation Flower sets ``partition-id`` and ``num-partitions``; on a real device the
+    operator passes them with ``flower-supernode --node-config``.
+    """
+
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="ignore", frozen=True)
+
+    partition_id: int = Field(ge=0)
+    num_partitions: int = Field(ge=1)
+    data_path: str = ""
+    key_path: str = ""
+
+    @model_validator(mode="after")
+    def _checks(self) -> "NodeConfig":
+        if self.partition_id >= self.num_partitions:
+            raise ValueError(f"partition-id {self.partition_id} to be < num-partitions {self.num_partitions}")
+        if self.key_path and not Path(self.key_path).is_file():
+            raise ValueError(f"key-path '{self.key_path}' to be an existing CKKS client key file (client.ctx)")
+        if self.data_path and not Path(self.data_path).is_dir():
+            raise ValueError(f"data-path '{self.data_path}' to be an existing data folder")
+        return self
+
+    @classmethod
+    def from_flower(cls, raw: Mapping[str, Any]) -> "NodeConfig":
+        try:
+            return cls.model_validate(dict(raw))
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error("node config", err, raw)) from None
+
+
+def check_ptbxl_folder(path: str, sampling_rate: int, key: str) -> None:
+    """Fail early when a folder is not in the PhysioNet PTB-XL layout."""
+    root = Path(path)
+    if not root.is_absolute():
+        raise ValueError(f"an absolute path to a PTB-XL folder, got relative path '{path}'")
+    if not root.is_dir():
+        raise ValueError(f"an existing PTB-XL folder, but '{path}' does not exist")
+    missing = [name for name in ("ptbxl_database.csv", "scp_statements.csv") if not (root / name).is_file()]
+    records = "records100" if sampling_rate == 100 else "records500"
+    if not (root / records).is_dir():
+        missing.append(f"{records}/")
+    if missing:
+        raise ValueError(f"a PTB-XL folder holding ptbxl_database.csv, scp_statements.csv and {records}/; "
+                         f"'{path}' lacks {', '.join(missing)}")

@@ -1,0 +1,72 @@
+"""Multi-label classification metrics for the 5 PTB-XL diagnostic superclasses.
+
+Conventions (threshold 0.5 on sigmoid probabilities):
+- ``accuracy``: exact-match (subset) accuracy, the fraction of records whose 5 predicted
+  labels all equal the targets. It is a count of correct records over m records, so
+  changing one record changes it by at most 1/m (the DP sensitivity used for it).
+- ``hamming_accuracy``: fraction of correct (record, class) decisions.
+- ``macro_f1``: mean over classes of F1 = 2TP / (2TP + FP + FN); a class with no positive
+  targets and no positive predictions is left out of the mean.
+- ``macro_auc``: mean over classes of the ROC AUC (Mann-Whitney U statistic, ties count
+  one half); a class whose targets are all equal has no AUC and is left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def exact_match_correct(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> int:
+    """Number of records whose thresholded predictions equal the targets on every class."""
+    pred = probs >= threshold
+    return int(np.all(pred == (targets >= 0.5), axis=1).sum())
+
+
+def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC = (sum of positive ranks - P(P+1)/2) / (P N); NaN when a class is absent."""
+    targets = np.asarray(targets) >= 0.5
+    n_pos = int(targets.sum())
+    n_neg = targets.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[targets].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_auc(targets: np.ndarray, probs: np.ndarray) -> float:
+    values = [roc_auc(targets[:, c], probs[:, c]) for c in range(targets.shape[1])]
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def macro_f1(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
+    pred = probs >= threshold
+    truth = targets >= 0.5
+    scores = []
+    for c in range(targets.shape[1]):
+        tp = int(np.sum(pred[:, c] & truth[:, c]))
+        fp = int(np.sum(pred[:, c] & ~truth[:, c]))
+        fn = int(np.sum(~pred[:, c] & truth[:, c]))
+        if 2 * tp + fp + fn > 0:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def classification_report(targets: np.ndarray, probs: np.ndarray, loss: float) -> dict[str, float]:
+    """All metrics of one evaluation; ``num_examples`` counts records once each."""
+    n = int(targets.shape[0])
+    if n == 0:
+        return {"num_examples": 0, "loss": math.nan, "accuracy": math.nan, "hamming_accuracy": math.nan,
+                "macro_f1": math.nan, "macro_auc": math.nan}
+    correct = exact_match_correct(targets, probs)
+    return {
+        "num_examples": n,
+        "loss": float(loss),
+        "accuracy": correct / n,
+        "hamming_accuracy": float(np.mean((probs >= 0.5) == (targets >= 0.5))),
+        "macro_f1": macro_f1(targets, probs),
+        "macro_auc": macro_auc(targets, probs),
+    }

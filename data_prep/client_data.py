@@ -1,0 +1,68 @@
+"""The arrays one client trains and validates on, from the run config and its node config.
+
+The data folder is the node config's ``data-path`` (a real device), else the run config's
+``data-path`` (simulation on real PTB-XL), else the built-in synthetic set generated once
+into the cache. The same PTB-XL loader reads all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import NodeConfig, RunConfig
+from data_prep.partition import client_indices
+from data_prep.ptbxl import PTBXLData, load_ptbxl
+from data_prep.synth_ptbxl import ensure_synthetic_ptbxl
+
+SYNTHETIC_DATA_SEED = 0  # the built-in set is fixed; the run seed drives partitions and models
+
+_LOADED: dict[tuple[str, int], PTBXLData] = {}
+
+
+@dataclass
+class ClientArrays:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def data_root(cfg: RunConfig, node: NodeConfig | None = None) -> Path:
+    if node is not None and node.data_path:
+        return Path(node.data_path)
+    if cfg.data_path:
+        return Path(cfg.data_path)
+    return ensure_synthetic_ptbxl(cfg.synthetic_records, seed=SYNTHETIC_DATA_SEED)
+
+
+def load_dataset(cfg: RunConfig, node: NodeConfig | None = None) -> PTBXLData:
+    """PTB-XL records (parsed once per process; the WFDB files once per cache)."""
+    root = data_root(cfg, node)
+    key = (str(root.resolve()), cfg.sampling_rate)
+    if key not in _LOADED:
+        _LOADED[key] = load_ptbxl(root, cfg.sampling_rate, verbose=False)
+    return _LOADED[key]
+
+
+def client_arrays(cfg: RunConfig, node: NodeConfig) -> ClientArrays:
+    """This client's share of the training folds, split into local train and validation."""
+    data = load_dataset(cfg, node)
+    train_idx, val_idx = client_indices(
+        cfg.partitioning, data.labels, data.sites, data.split_indices("train"),
+        partition_id=node.partition_id, num_partitions=node.num_partitions,
+        alpha=cfg.dirichlet_alpha, seed=cfg.seed, val_fraction=cfg.val_fraction,
+    )
+    return ClientArrays(
+        x_train=data.standardised(train_idx), y_train=data.labels[train_idx],
+        x_val=data.standardised(val_idx), y_val=data.labels[val_idx],
+    )
+
+
+def split_arrays(cfg: RunConfig, node: NodeConfig | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole PTB-XL split ('val' = fold 9, 'test' = fold 10), every record once."""
+    data = load_dataset(cfg, node)
+    idx = data.split_indices(split)
+    return data.standardised(idx), data.labels[idx]

@@ -1,0 +1,148 @@
+"""Flower ServerApp: validates the run config, runs the chosen strategy, writes the results.
+
+The server never holds a CKKS secret key: it loads only the public context (``server.ctx``,
+from ``he-server-context`` in deployment, or from the run folder where simulated clients
+create their shared key pair), with which it can add and scale ciphertexts but not decrypt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from common.ckks import EncryptedWeightedSum
+from common.config import ConfigError, RunConfig
+from common.keys import load_server_context
+from common.model import QUANTUM_LAYERS, build_model, count_parameters, state_by_layer
+from common.privacy import PrivacyAccountant
+from common.results import RunRecorder, new_run_folder
+from strategies.freezing import EMALayerFreezer
+from strategies.layerwise import LayerwiseStrategy, RoundLog
+from strategies.presets import options_for
+
+app = ServerApp()
+
+MIN_TRAIN_RECORDS_PER_CLIENT = 10
+PROJECT_MARKER = "adeptheq-fl"
+
+
+def project_root() -> Path:
+    """The project folder when the SuperLink was started from it (``flwr run .``), else the home folder."""
+    cwd = Path.cwd()
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file() and PROJECT_MARKER in pyproject.read_text():
+        return cwd
+    return Path.home() / PROJECT_MARKER
+
+
+def training_records(cfg: RunConfig) -> int:
+    """Records in the training folds 1-8 (from the CSV only, no signal is read)."""
+    if not cfg.data_path:
+        return int(cfg.synthetic_records * 0.8)
+    folds = pd.read_csv(Path(cfg.data_path) / "ptbxl_database.csv", usecols=["strat_fold"])["strat_fold"]
+    return int(folds.between(1, 8).sum())
+
+
+def check_federation_size(cfg: RunConfig, num_nodes: int) -> None:
+    available = training_records(cfg)
+    if num_nodes * MIN_TRAIN_RECORDS_PER_CLIENT > available:
+        source = f"data-path '{cfg.data_path}'" if cfg.data_path else f"synthetic-records {cfg.synthetic_records}"
+        raise ConfigError(
+            f"run config: {num_nodes} clients need at least {MIN_TRAIN_RECORDS_PER_CLIENT} training records each, "
+            f"but {source} gives {available} records in folds 1-8; expected fewer clients or more data")
+
+
+def _progress(cfg: RunConfig, r: RoundLog) -> str:
+    val = r.validation
+    auc = val.get("macro-auc", float("nan"))
+    return (f"round {r.round}/{cfg.num_server_rounds} | train loss {r.train.get('loss', float('nan')):.4f} | "
+            f"val acc {val.get('accuracy', float('nan')):.3f} f1 {val.get('macro-f1', float('nan')):.3f} "
+            f"auc {auc:.3f} | up {r.bytes['train_up'] / 1e6:.2f} MB down {r.bytes['train_down'] / 1e6:.2f} MB | "
+            f"clients {r.train.get('clients', 0)} dropped {len(r.dropped)} | frozen {r.frozen_layers or '-'} | "
+            f"{r.seconds:.1f} s")
+
+
+def save_final_model(folder: Path, strategy: LayerwiseStrategy) -> None:
+    """Plaintext layers as a torch state dict; encrypted layers stay ciphertexts the server cannot open."""
+    torch.save({k: torch.as_tensor(v) for k, v in strategy.global_plain.items()}, folder / "final_model_plain.pt")
+    if strategy.encrypted_state is not None:
+        blob_dir = folder / "final_model_encrypted"
+        blob_dir.mkdir(exist_ok=True)
+        for i, chunk in enumerate(strategy.encrypted_state):
+            (blob_dir / f"chunk-{i:03d}.ckks").write_bytes(chunk)
+        (blob_dir / "manifest.json").write_text(json.dumps({
+            "layers": strategy.encrypted_state_layers,
+            "length": strategy._packed_length(strategy.encrypted_state_layers),
+            "note": "CKKS vectors of the aggregated encrypted layers; decrypt with a client key (client.ctx)",
+        }, indent=2))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flower(context.run_config)
+    model = build_model(cfg)
+    layers = model.layer_names()
+    options = options_for(cfg, layers)
+    nodes = list(grid.get_node_ids())
+    check_federation_size(cfg, len(nodes))
+    folder = new_run_folder(cfg.results_dir, project_root(), cfg.strategy)
+    log(logging.INFO, "Run folder: %s | model %s with %d parameters | strategy %s | %d nodes",
+        folder, cfg.model, count_parameters(model), cfg.strategy, len(nodes))
+
+    initial = state_by_layer(model)
+    aggregator_factory = None
+    if options.encrypted_layers:
+        server_ctx_path = Path(cfg.he_server_context) if cfg.he_server_context else folder / "keys" / "server.ctx"
+        aggregator_factory = lambda: EncryptedWeightedSum(load_server_context(server_ctx_path))  # noqa: E731
+    freezer = None
+    if options.freezing:
+        freezer = EMALayerFreezer(alpha=cfg.freeze_ema_alpha, threshold=cfg.freeze_threshold,
+                                  never_freeze=QUANTUM_LAYERS & set(layers))
+        freezer.observe({layer: np.concatenate([v.ravel() for n, v in initial.items() if n.split(".")[0] == layer])
+                         for layer in layers if layer not in options.encrypted_layers})
+
+    accountant = PrivacyAccountant(cfg.dp_epsilon, cfg.dp_delta) if options.weighting == "dp-softmax" else None
+    recorder = RunRecorder(folder, cfg.as_flat_dict(), extra={
+        "num_nodes": len(nodes), "num_parameters": count_parameters(model), "layers": layers,
+        "encrypted_layers": sorted(options.encrypted_layers), "weighting": options.weighting,
+    })
+
+    def on_round(r: RoundLog) -> None:
+        if accountant is not None:
+            accountant.step()
+            r.train["privacy"] = accountant.report()
+        recorder.add_round(r)
+        log(logging.INFO, "%s", _progress(cfg, r))
+
+    strategy = LayerwiseStrategy(options, layers, initial, QUANTUM_LAYERS & set(layers),
+                                 aggregator_factory=aggregator_factory, freezer=freezer,
+                                 run_folder=str(folder), on_round=on_round)
+    t0 = time.time()
+    initial_plain = ArrayRecord()
+    strategy.start(grid=grid, initial_arrays=initial_plain, num_rounds=cfg.num_server_rounds,
+                   timeout=cfg.round_timeout)
+    if accountant is not None:
+        recorder.set("privacy", {
+            "protected": "each client's validation accuracy (Laplace, sensitivity 1/m)",
+            "not_protected": "model updates (plaintext layers) are not differentially private",
+            **accountant.report(),
+        })
+    recorder.set("total_seconds", time.time() - t0)
+    recorder.set("bytes_total", {k: int(sum(r.bytes[k] for r in strategy.history))
+                                 for k in ("train_down", "train_up", "eval_down", "eval_up")})
+    recorder.write()
+    recorder.plot()
+    save_final_model(folder, strategy)
+    test = recorder.payload.get("test") or {}
+    log(logging.INFO, "Test (fold 10): %s", {k: test.get(k) for k in ("num-examples", "loss", "accuracy",
+                                                                       "macro-f1", "macro-auc")})
+    log(logging.INFO, "Results written to %s", folder)

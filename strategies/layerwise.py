@@ -1,0 +1,282 @@
+"""One Flower strategy (Message API) for FedAvg, FHE-FedQNN and AdeptHEQ-FL.
+
+The three methods differ only in three choices, so they share this class:
+- client weights: sample counts (FedAvg), uniform (FHE-FedQNN), or a tempered softmax of
+  differentially private validation accuracies (AdeptHEQ-FL);
+- encrypted layers: none, all, or the selected ones (default the final FC layer), summed
+  homomorphically as ``sum_i w_i * Enc(theta_i)`` with a public-only CKKS context;
+- EMA layer freezing: off, or on for classical layers (quantum layers never freeze).
+
+The aggregator never holds a secret key. Everything that needs the plaintext of an
+encrypted layer (evaluation, its change score for freezing) happens on the evaluator
+client, which reports only metrics and the layer's RMS change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Callable, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from common.wire import from_array_record, he_record, layer_order, serialized_size, to_array_record
+from strategies.replies import ReplyRejected, TrainReply, parse_train_reply
+from strategies.weighting import tempered_softmax, weight_spread
+
+
+@dataclass
+class StrategyOptions:
+    """The choices that make a method; see ``strategies.presets``."""
+
+    name: str
+    weighting: str  # "samples" | "uniform" | "dp-softmax"
+    encrypted_layers: frozenset[str]
+    freezing: bool
+    min_clients: int = 2
+    softmax_tau: float = 0.5
+    weight_by_samples: bool = False
+    freeze_threshold: float = 1e-3
+    freeze_ema_alpha: float = 0.9
+    num_rounds: int = 1
+    timeout_s: float = 3600.0
+
+
+@dataclass
+class RoundLog:
+    """Everything measured in one round, written to metrics.json."""
+
+    round: int
+    train: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    test: dict | None = None
+    weights: dict = field(default_factory=dict)
+    weight_spread: dict = field(default_factory=dict)
+    dropped: list = field(default_factory=list)
+    frozen_layers: list = field(default_factory=list)
+    bytes: dict = field(default_factory=lambda: {"train_down": 0, "train_up": 0, "eval_down": 0, "eval_up": 0})
+    seconds: float = 0.0
+    layer_scores: dict = field(default_factory=dict)
+
+
+class LayerwiseStrategy(Strategy):
+    """Weighted, optionally encrypted, optionally freezing aggregation of named layers.
+
+    ``layers`` lists the model's layer names in order; ``initial`` holds every parameter of
+    the initial model (the server only ever sends the non-encrypted ones); ``aggregator``
+    is a ``common.ckks.EncryptedWeightedSum`` factory taking no argument (called once the
+    public context exists), required when layers are encrypted; ``freezer`` an
+    ``EMALayerFreezer`` when freezing is on.
+    """
+
+    def __init__(self, options: StrategyOptions, layers: list[str], initial: "OrderedDict[str, np.ndarray]",
+                 quantum_layers: frozenset[str], aggregator_factory: Callable[[], object] | None = None,
+                 freezer=None, run_folder: str = "", chunk_size: int = 4096,
+                 on_round: Callable[[RoundLog], None] | None = None) -> None:
+        self.opt = options
+        self.layers = list(layers)
+        self.quantum_layers = quantum_layers
+        self.shapes = {name: tuple(arr.shape) for name, arr in initial.items()}
+        self.global_plain: OrderedDict[str, np.ndarray] = OrderedDict(
+            (k, v.copy()) for k, v in initial.items() if k.split(".")[0] not in options.encrypted_layers)
+        self.encrypted_state: list[bytes] | None = None
+        self.encrypted_state_layers: list[str] = []
+        self.aggregator_factory = aggregator_factory
+        self._aggregator = None
+        self.freezer = freezer
+        self.frozen: set[str] = set()
+        self.frozen_delivered: set[str] = set()
+        self.run_folder = run_folder
+        self.chunk_size = chunk_size
+        self.on_round = on_round
+        self.history: list[RoundLog] = []
+        self.evaluator: int | None = None
+        self._current: RoundLog | None = None
+        self._t0 = 0.0
+        if options.encrypted_layers and aggregator_factory is None:
+            raise ValueError("encrypted layers need an aggregator factory")
+        unknown = set(options.encrypted_layers) - set(layers)
+        if unknown:
+            raise ValueError(f"he-layers names unknown layers {sorted(unknown)}; expected some of {self.layers}")
+
+    # ---------------------------------------------------------------- helpers
+    def _param_layer(self, name: str) -> str:
+        return name.split(".")[0]
+
+    def _sent_layers(self) -> list[str]:
+        """Layers whose current global value goes out this round (frozen ones one last time)."""
+        return [l for l in self.layers if l not in self.frozen_delivered]
+
+    def _plain_names(self, layers: Iterable[str]) -> list[str]:
+        wanted = set(layers) - set(self.opt.encrypted_layers)
+        return [n for n in self.shapes if self._param_layer(n) in wanted]
+
+    def encrypted_packing(self) -> list[str]:
+        """Encrypted layers packed this round (model order), excluding frozen ones."""
+        return layer_order(self.layers, set(self.opt.encrypted_layers) - self.frozen)
+
+    def _packed_length(self, layers: Iterable[str]) -> int:
+        packed = set(layers)
+        return sum(int(np.prod(s)) for n, s in self.shapes.items() if self._param_layer(n) in packed)
+
+    def _aggregator_obj(self):
+        if self._aggregator is None:
+            self._aggregator = self.aggregator_factory()
+        return self._aggregator
+
+    def _content(self, server_round: int, split: str | None = None) -> RecordDict:
+        sent = self._sent_layers()
+        arrays = OrderedDict((n, self.global_plain[n]) for n in self._plain_names(sent))
+        config = ConfigRecord({
+            "server-round": server_round,
+            "frozen-layers": sorted(self.frozen) or [""],
+            "encrypted-layers": self.encrypted_packing() or [""],
+            "run-folder": self.run_folder,
+            "weighting": self.opt.weighting,
+        })
+        if split is not None:
+            config["split"] = split
+        content = RecordDict({"arrays": to_array_record(arrays), "config": config})
+        if self.encrypted_state is not None and self.encrypted_state_layers:
+            content["he"] = he_record(self.encrypted_state, self._packed_length(self.encrypted_state_layers),
+                                      self.encrypted_state_layers)
+        return content
+
+    def _nodes(self, grid: Grid) -> list[int]:
+        deadline = time.time() + self.opt.timeout_s
+        while len(nodes := sorted(grid.get_node_ids())) < self.opt.min_clients:
+            if time.time() > deadline:
+                raise RuntimeError(f"only {len(nodes)} nodes connected; min-clients is {self.opt.min_clients}")
+            log(INFO, "Waiting for nodes: %d connected, min-clients %d", len(nodes), self.opt.min_clients)
+            time.sleep(1.0)
+        return nodes
+
+    # ---------------------------------------------------------------- train
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._t0 = time.time()
+        self._current = RoundLog(round=server_round)
+        nodes = self._nodes(grid)
+        if self.evaluator is None:
+            self.evaluator = nodes[0]
+        messages = []
+        for node in nodes:
+            content = self._content(server_round)
+            self._current.bytes["train_down"] += serialized_size(content)
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+        return messages
+
+    def _weights(self, replies: list[TrainReply]) -> np.ndarray:
+        counts = np.array([r.num_examples for r in replies], dtype=np.float64)
+        if self.opt.weighting == "samples":
+            return counts / counts.sum()
+        if self.opt.weighting == "uniform":
+            return np.full(len(replies), 1.0 / len(replies))
+        accs = [r.metrics["dp-accuracy"] for r in replies]
+        return tempered_softmax(accs, tau=self.opt.softmax_tau,
+                                sample_counts=[r.num_examples for r in replies] if self.opt.weight_by_samples else None)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        current = self._current or RoundLog(round=server_round)
+        expected_names = self._plain_names(set(self.layers) - self.frozen)
+        expected_shapes = {n: self.shapes[n] for n in expected_names}
+        packing = self.encrypted_packing()
+        n_chunks = math.ceil(self._packed_length(packing) / self.chunk_size) if packing else 0
+        check_chunk = self._aggregator_obj().check_chunk if n_chunks else None
+        valid: list[TrainReply] = []
+        for msg in replies:
+            if not msg.has_error():
+                current.bytes["train_up"] += serialized_size(msg.content)
+            try:
+                valid.append(parse_train_reply(msg, expected_shapes, self.opt.weighting == "dp-softmax",
+                                               n_chunks, check_chunk))
+            except ReplyRejected as err:
+                log(WARNING, "Round %d: dropped reply: %s", server_round, err)
+                current.dropped.append(str(err))
+        if len(valid) < self.opt.min_clients:
+            raise RuntimeError(f"round {server_round}: only {len(valid)} valid replies, min-clients is "
+                               f"{self.opt.min_clients}; dropped: {current.dropped}")
+        weights = self._weights(valid)
+        current.weights = {str(r.node_id): float(w) for r, w in zip(valid, weights)}
+        current.weight_spread = weight_spread(weights)
+        for name in expected_names:
+            self.global_plain[name] = np.sum(
+                [w * r.arrays[name].astype(np.float64) for r, w in zip(valid, weights)], axis=0
+            ).astype(valid[0].arrays[name].dtype)
+        if n_chunks:
+            self.encrypted_state = self._aggregator_obj().aggregate([r.chunks for r in valid], weights.tolist())
+        else:
+            self.encrypted_state = None
+        self.encrypted_state_layers = packing
+        # the last value of a newly frozen layer went out this round; stop sending it from now on
+        self.frozen_delivered |= self.frozen
+        total = sum(r.num_examples for r in valid)
+        current.train = {"clients": len(valid), "num_examples": total,
+                         "loss": float(sum(r.metrics.get("train-loss", 0.0) * r.num_examples for r in valid) / total),
+                         "client_seconds_max": max(r.metrics.get("train-seconds", 0.0) for r in valid)}
+        if self.opt.weighting == "dp-softmax":
+            current.train["dp_accuracy_mean"] = float(np.mean([r.metrics["dp-accuracy"] for r in valid]))
+        metrics = MetricRecord({"train-loss": current.train["loss"], "num-examples": total})
+        return to_array_record(self.global_plain), metrics
+
+    # ---------------------------------------------------------------- evaluate
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        split = "val+test" if server_round == self.opt.num_rounds else "val"
+        content = self._content(server_round, split=split)
+        if self._current is not None:
+            self._current.bytes["eval_down"] += serialized_size(content)
+        return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=self.evaluator)]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        current = self._current or RoundLog(round=server_round)
+        replies = list(replies)
+        reply = replies[0] if replies else None
+        if reply is None or reply.has_error():
+            reason = reply.error.reason if reply is not None else "no reply"
+            log(WARNING, "Round %d: evaluation by node %s failed: %s", server_round, self.evaluator, reason)
+            current.dropped.append(f"evaluator {self.evaluator}: {reason}")
+            self.evaluator = None  # pick another node next round
+            metrics = {}
+        else:
+            current.bytes["eval_up"] += serialized_size(reply.content)
+            metrics = dict(reply.content.get("metrics", MetricRecord()))
+        current.validation = {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")}
+        if any(k.startswith("test-") for k in metrics):
+            current.test = {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}
+        if self.opt.freezing and self.freezer is not None:
+            self._update_freezing(current, metrics)
+        current.frozen_layers = sorted(self.frozen)
+        current.seconds = time.time() - self._t0
+        self.history.append(current)
+        if self.on_round is not None:
+            self.on_round(current)
+        self._current = None
+        return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}) or None
+
+    def _update_freezing(self, current: RoundLog, metrics: dict) -> None:
+        plain = {}
+        for layer in self.layers:
+            if layer in self.frozen or layer in self.opt.encrypted_layers:
+                continue
+            names = [n for n in self.global_plain if self._param_layer(n) == layer]
+            plain[layer] = np.concatenate([self.global_plain[n].ravel() for n in names])
+        # encrypted layers: the evaluator decrypted them and reported their RMS change
+        scores = {k.removeprefix("delta-rms-"): float(v) for k, v in metrics.items() if k.startswith("delta-rms-")}
+        newly = self.freezer.observe(plain) | self.freezer.observe_scores(scores)
+        self.frozen |= set(newly)
+        current.layer_scores = {"ema": dict(self.freezer.ema), "score": dict(self.freezer.scores)}
+        if newly:
+            log(INFO, "Round %d: froze layers %s", current.round, sorted(newly))
+
+    def summary(self) -> None:
+        log(INFO, "\t├── Strategy: %s (weighting=%s, encrypted=%s, freezing=%s)", self.opt.name,
+            self.opt.weighting, sorted(self.opt.encrypted_layers), self.opt.freezing)

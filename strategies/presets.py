@@ -1,0 +1,45 @@
+"""The three methods compared in the paper, as choices of one ``LayerwiseStrategy``.
+
+| strategy     | client weights                         | encrypted layers | freezing |
+|--------------|----------------------------------------|------------------|----------|
+| fedavg       | sample counts (Standard-FedQNN)        | none             | off      |
+| fhe-fedqnn   | uniform                                | all              | off      |
+| adeptheq     | tempered softmax of DP val. accuracies | ``he-layers``    | on       |
+"""
+
+from __future__ import annotations
+
+from common.config import RunConfig
+from strategies.layerwise import StrategyOptions
+
+
+def encrypted_layers_for(cfg: RunConfig, layers: list[str]) -> frozenset[str]:
+    """Layers the clients encrypt; both ServerApp and ClientApp derive it from the run config."""
+    if cfg.strategy == "fedavg":
+        return frozenset()
+    if cfg.strategy == "fhe-fedqnn" or cfg.he_layer_names == ["all"]:
+        return frozenset(layers)
+    unknown = sorted(set(cfg.he_layer_names) - set(layers))
+    if unknown:
+        raise ValueError(f"run config: key 'he-layers' names {unknown}; expected 'all' or layers of {layers}")
+    return frozenset(cfg.he_layer_names)
+
+
+def weighting_for(cfg: RunConfig) -> str:
+    return {"fedavg": "samples", "fhe-fedqnn": "uniform", "adeptheq": "dp-softmax"}[cfg.strategy]
+
+
+def options_for(cfg: RunConfig, layers: list[str]) -> StrategyOptions:
+    return StrategyOptions(
+        name=cfg.strategy,
+        weighting=weighting_for(cfg),
+        encrypted_layers=encrypted_layers_for(cfg, layers),
+        freezing=cfg.strategy == "adeptheq" and cfg.freeze_threshold > 0,
+        min_clients=cfg.min_clients,
+        softmax_tau=cfg.softmax_tau,
+        weight_by_samples=cfg.weight_by_samples,
+        freeze_threshold=cfg.freeze_threshold,
+        freeze_ema_alpha=cfg.freeze_ema_alpha,
+        num_rounds=cfg.num_server_rounds,
+        timeout_s=cfg.round_timeout,
+    )

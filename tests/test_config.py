@@ -1,0 +1,61 @@
+"""The run and node configs fail with one message naming the key, the value and what was expected."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.config import ConfigError, NodeConfig, RunConfig
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def defaults() -> dict:
+    return dict(tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+
+
+def test_pyproject_defaults_parse_and_cover_every_field():
+    raw = defaults()
+    cfg = RunConfig.from_flower(raw)
+    assert set(cfg.as_flat_dict()) == set(raw)
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("n-qubits", 0, "greater than or equal to 1"),
+    ("dirichlet-alpha", -0.5, "greater than 0"),
+    ("dataset", "mnist", "one of ptbxl"),
+    ("strategy", "fedprox", "'fedavg', 'adeptheq' or 'fhe-fedqnn'"),
+    ("data-path", "/nonexistent/ptb-xl", "does not exist"),
+    ("data-path", "relative/path", "absolute path"),
+    ("results-dir", "relative", "absolute path"),
+    ("he-layers", " , ", "comma-separated"),
+])
+def test_bad_values_name_key_value_and_expectation(key, value, fragment):
+    raw = defaults() | {key: value}
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_flower(raw)
+    message = str(info.value)
+    assert f"'{key}'" in message and repr(value) in message and fragment in message
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(ConfigError, match="unknown key 'n-qubit'"):
+        RunConfig.from_flower(defaults() | {"n-qubit": 4})
+
+
+def test_malformed_data_folder_names_what_is_missing(tmp_path):
+    (tmp_path / "ptbxl_database.csv").write_text("ecg_id\n")
+    with pytest.raises(ConfigError, match="lacks scp_statements.csv, records100/"):
+        RunConfig.from_flower(defaults() | {"data-path": str(tmp_path)})
+
+
+def test_node_config_checks_partition_and_files(tmp_path):
+    assert NodeConfig.from_flower({"partition-id": 2, "num-partitions": 3}).partition_id == 2
+    with pytest.raises(ConfigError, match="partition-id 3 to be < num-partitions 3"):
+        NodeConfig.from_flower({"partition-id": 3, "num-partitions": 3})
+    with pytest.raises(ConfigError, match="key-path '/missing/client.ctx'"):
+        NodeConfig.from_flower({"partition-id": 0, "num-partitions": 3, "key-path": "/missing/client.ctx"})
+    with pytest.raises(ConfigError, match="data-path"):
+        NodeConfig.from_flower({"partition-id": 0, "num-partitions": 3, "data-path": str(tmp_path / "nope")})
