@@ -392,6 +392,11 @@ class EncryptedWeightedSum:
                 )
         return self._reader.read_chunks(chunks, sizes, expected_chunks, "reply", fresh=True)
 
+    def check_chunk(self, blob: bytes) -> None:
+        """Raise ``CiphertextError`` unless ``blob`` is one fresh ciphertext of this context packing
+        1..slot_count values (per-chunk form of ``validate``, which also checks chunk lengths)."""
+        self._reader.read_chunks([blob], None, 1, "chunk", fresh=True)
+
     def aggregate(
         self,
         contributions: list[list[bytes]],

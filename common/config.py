@@ -73,8 +73,7 @@ class RunConfig(BaseModel):
     weight_by_samples: bool = False
     # AdeptHEQ: homomorphic encryption (TenSEAL CKKS)
     he_layers: str = "fc"
-    he_server_context: str = ""
-    he_poly_modulus_degree: int = 8192
+    he_server_context: str = ""  # a path on the server machine: checked by the ServerApp only
     # AdeptHEQ: EMA layer freezing
     freeze_threshold: float = Field(1e-3, ge=0.0)
     freeze_ema_alpha: float = Field(0.9, ge=0.0, lt=1.0)
@@ -100,13 +99,6 @@ class RunConfig(BaseModel):
         if not names:
             raise ValueError("a comma-separated list of layer names (e.g. 'fc' or 'proj,fc') or 'all'")
         return ",".join(names)
-
-    @field_validator("he_server_context")
-    @classmethod
-    def _server_context_file(cls, value: str) -> str:
-        if value and not Path(value).is_file():
-            raise ValueError(f"an existing public CKKS context file (server.ctx), but '{value}' does not exist")
-        return value
 
     @property
     def he_layer_names(self) -> list[str]:

@@ -72,7 +72,9 @@ def generate_keys(
     if not force:
         for name in (CLIENT_CONTEXT_FILE, SERVER_CONTEXT_FILE):
             if (out_dir / name).exists():
-                raise FileExistsError(f"{out_dir / name} already exists; pass force=True (--force) to replace it")
+                raise FileExistsError(
+                    f"{out_dir / name} already exists; pass force=True (--force) to replace it"
+                )
     return _write_pair(out_dir, make_secret_context(params))
 
 

@@ -275,7 +275,8 @@ def lead_statistics(signals: np.ndarray, idx: np.ndarray, chunk: int = 256) -> t
         squares += (block * block).sum(axis=(0, 2))
     std = np.sqrt(squares / n_values)
     if (std <= 0).any():
-        raise PTBXLFormatError(f"lead(s) {[LEAD_NAMES[i] for i in np.flatnonzero(std <= 0)]} constant over training folds")
+        constant = [LEAD_NAMES[i] for i in np.flatnonzero(std <= 0)]
+        raise PTBXLFormatError(f"lead(s) {constant} constant over the training folds: expected varying signals")
     return mean.astype(np.float32), std.astype(np.float32)
 
 
@@ -309,7 +310,7 @@ def _build_cache(
         raise PTBXLFormatError(
             f"ecg_id {eid}: WFDB record file {what} missing ({len(missing)} of {len(index.ecg_ids)} labelled records "
             f"lack {FILENAME_COLUMN[sampling_rate]} files at {sampling_rate} Hz); pass skip_missing_records=True "
-            "to load only the available records"
+            "(CLI: --skip-missing-records) to load only the available records"
         )
     missing_ids = {eid for eid, _ in missing}
     keep = np.array([eid not in missing_ids for eid in index.ecg_ids], dtype=bool)
@@ -373,9 +374,16 @@ def load_ptbxl(
     """
     check_sampling_rate(sampling_rate)
     root = Path(root)
-    # validate the CSVs before computing the key, so a bad folder fails with a message about the folder
-    index = read_ptbxl_index(root, sampling_rate)
+    if not root.is_dir():
+        raise PTBXLFormatError(f"PTB-XL folder {root} does not exist: expected a folder holding {DATABASE_CSV}")
+    for name in (DATABASE_CSV, STATEMENTS_CSV):
+        if not (root / name).is_file():
+            raise PTBXLFormatError(f"{root / name} is missing: expected {DATABASE_CSV} and {STATEMENTS_CSV} in {root}")
     base = default_cache_root() if cache_dir is None else Path(cache_dir)
     folder = base / f"ptbxl-{sampling_rate}hz-{cache_key(root, sampling_rate, skip_missing_records)}"
-    build_once(folder, lambda tmp: _build_cache(root, index, sampling_rate, skip_missing_records, tmp, verbose))
+
+    def build(tmp: Path) -> None:  # the CSVs are parsed and validated only when the cache is built
+        _build_cache(root, read_ptbxl_index(root, sampling_rate), sampling_rate, skip_missing_records, tmp, verbose)
+
+    build_once(folder, build)
     return _open_cache(folder, sampling_rate)

@@ -161,7 +161,10 @@ def _rotation(rng: np.random.Generator, scale_rad: float) -> np.ndarray:
 
 def _normal_beat(rng: np.random.Generator, rr: float) -> dict[str, Wave]:
     """NORM waves with per-record jitter of amplitudes, widths and intervals."""
-    jit = lambda: rng.lognormal(0.0, 0.15)  # noqa: E731
+
+    def jit() -> float:  # multiplicative jitter, median 1
+        return float(rng.lognormal(0.0, 0.15))
+
     pr = rng.uniform(0.13, 0.19)
     qt_peak = 0.25 * np.sqrt(rr) * rng.uniform(0.92, 1.08)
     return {
@@ -173,7 +176,8 @@ def _normal_beat(rng: np.random.Generator, rr: float) -> dict[str, Wave]:
     }
 
 
-def _apply_hyp(waves: dict[str, Wave], extra: list[Wave], rng: np.random.Generator) -> str:
+def _apply_hyp(waves: dict[str, Wave], rng: np.random.Generator) -> str:
+    """LVH (85 %) or RVH in place; returns the SCP code."""
     if rng.random() < 0.85:  # LVH: high voltage along the left-posterior axis
         r_gain, s_gain = rng.uniform(1.6, 2.4), rng.uniform(1.5, 2.3)
         waves["R"] = replace(waves["R"], vector=waves["R"].vector * r_gain, sigma=waves["R"].sigma * 1.12)
@@ -188,6 +192,7 @@ def _apply_hyp(waves: dict[str, Wave], extra: list[Wave], rng: np.random.Generat
 
 
 def _apply_cd(waves: dict[str, Wave], extra: list[Wave], rng: np.random.Generator) -> str:
+    """A conduction disturbance in place (extra waves appended); returns the SCP code."""
     kind = rng.choice(["CLBBB", "CRBBB", "IRBBB", "1AVB", "LAFB"], p=[0.25, 0.3, 0.15, 0.15, 0.15])
     if kind == "CLBBB":  # no septal q, broad left-posterior R, discordant T
         widen = rng.uniform(2.2, 2.9)
@@ -209,6 +214,7 @@ def _apply_cd(waves: dict[str, Wave], extra: list[Wave], rng: np.random.Generato
 
 
 def _apply_mi(waves: dict[str, Wave], extra: list[Wave], plateaus: list[Plateau], rng: np.random.Generator) -> str:
+    """Infarction of one wall (IMI, ASMI or LMI) in place; returns the SCP code."""
     code = str(rng.choice(list(MI_TERRITORIES), p=[0.45, 0.4, 0.15]))
     wall = MI_TERRITORIES[code]
     # pathological Q (>= 40 ms, deep) seen as negative over the infarcted wall
@@ -222,7 +228,8 @@ def _apply_mi(waves: dict[str, Wave], extra: list[Wave], plateaus: list[Plateau]
     return code
 
 
-def _apply_sttc(waves: dict[str, Wave], extra: list[Wave], plateaus: list[Plateau], rng: np.random.Generator) -> str:
+def _apply_sttc(waves: dict[str, Wave], plateaus: list[Plateau], rng: np.random.Generator) -> str:
+    """ST depression and/or T flattening/inversion in place; returns the SCP code."""
     kind = rng.choice(["ST", "T", "STT"], p=[0.3, 0.3, 0.4])
     if kind in ("ST", "STT"):  # ST depression in leads facing the main QRS axis
         depth = rng.uniform(0.05, 0.2)
@@ -258,19 +265,22 @@ def synthesise_ecg(
     waves = _normal_beat(rng, rr)
     extra: list[Wave] = []
     plateaus: list[Plateau] = []
-    likelihood = lambda: float(rng.choice([0.0, 15.0, 35.0, 50.0, 80.0, 100.0], p=[0.1, 0.1, 0.15, 0.15, 0.2, 0.3]))  # noqa: E731
+
+    def likelihood() -> float:  # PTB-XL likelihoods; 0 means "unknown" and still counts as a label
+        return float(rng.choice([0.0, 15.0, 35.0, 50.0, 80.0, 100.0], p=[0.1, 0.1, 0.15, 0.15, 0.2, 0.3]))
+
     codes: dict[str, float] = {}
     if "NORM" in classes:
         codes["NORM"] = float(rng.choice([80.0, 100.0]))
     if "HYP" in classes:
-        codes[_apply_hyp(waves, extra, rng)] = likelihood()
+        codes[_apply_hyp(waves, rng)] = likelihood()
     if "CD" in classes:
         codes[_apply_cd(waves, extra, rng)] = likelihood()
     if "MI" in classes:
         codes[_apply_mi(waves, extra, plateaus, rng)] = likelihood()
     if "STTC" in classes:
-        codes[_apply_sttc(waves, extra, plateaus, rng)] = likelihood()
-    if not classes:  # non-diagnostic only: low voltage or non-specific ST depression
+        codes[_apply_sttc(waves, plateaus, rng)] = likelihood()
+    if not classes:  # non-diagnostic codes only: low QRS voltage
         low = rng.uniform(0.35, 0.6)
         for name in ("Q", "R", "S"):
             waves[name] = replace(waves[name], vector=waves[name].vector * low)
@@ -279,7 +289,8 @@ def synthesise_ecg(
 
     rotation = _rotation(rng, 0.22)
     components = [replace(w, vector=rotation @ w.vector) for w in (*waves.values(), *extra)]
-    template, r_index = _beat_template(components, [replace(p, vector=rotation @ p.vector) for p in plateaus], BASE_RATE)
+    shifts = [replace(p, vector=rotation @ p.vector) for p in plateaus]
+    template, r_index = _beat_template(components, shifts, BASE_RATE)
 
     n_base = BASE_RATE * RECORD_SECONDS
     dipole = np.zeros((3, n_base))
@@ -299,7 +310,8 @@ def synthesise_ecg(
     wander_amp = rng.uniform(0.02, 0.3)
     for _ in range(2):  # respiration/motion baseline wander, electrode-specific phase
         freq = rng.uniform(0.05, 0.5)
-        measured += rng.uniform(0, wander_amp, size=(8, 1)) * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi, size=(8, 1)))
+        phase = rng.uniform(0, 2 * np.pi, size=(8, 1))
+        measured += rng.uniform(0, wander_amp, size=(8, 1)) * np.sin(2 * np.pi * freq * t + phase)
     noise_sd = rng.uniform(0.01, 0.06) * SITE_NOISE[site % N_SITES]
     measured += rng.normal(0.0, noise_sd, size=measured.shape)
     leads = DERIVE_LEADS @ measured
@@ -309,7 +321,10 @@ def synthesise_ecg(
     return leads, codes
 
 
-def _draw_classes(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
+def draw_superclasses(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
+    """Label sets for ``n`` records: a primary class from PRIMARY_PROBS ('NONE' -> empty tuple), and for
+    non-NORM primaries with probability SECOND_LABEL_PROB a second class from SECOND_LABEL_WEIGHTS.
+    Tuples list classes in SUPERCLASSES order."""
     names = list(PRIMARY_PROBS)
     primaries = rng.choice(names, size=n, p=list(PRIMARY_PROBS.values()))
     out: list[tuple[str, ...]] = []
@@ -324,6 +339,52 @@ def _draw_classes(rng: np.random.Generator, n: int) -> list[tuple[str, ...]]:
         else:
             out.append((str(primary),))
     return out
+
+
+@dataclass(frozen=True)
+class SyntheticMetadata:
+    """Per-record metadata of a synthetic set (index i is ecg_id i + 1)."""
+
+    classes: list[tuple[str, ...]]
+    patient_ids: np.ndarray  # (N,) 1-based
+    sites: np.ndarray  # (N,) in 0..N_SITES-1
+    folds: np.ndarray  # (N,) strat_fold in 1..10
+    ages: np.ndarray
+    sexes: np.ndarray
+
+
+def synthetic_metadata(n_records: int, seed: int) -> SyntheticMetadata:
+    """Labels, patients (about 1.2 records each), sites and folds for ``n_records`` records.
+
+    Folds are assigned per patient (all records of a patient share a fold, as in PTB-XL), stratified:
+    patients sorted by the label set of their first record are dealt to folds cyclically, so each fold
+    holds about 1/10 of the patients of every label set.
+    """
+    if not isinstance(n_records, (int, np.integer)) or n_records < 1:
+        raise ValueError(f"n_records {n_records!r}: expected a positive integer")
+    rng = np.random.default_rng([seed, 0])
+    classes = draw_superclasses(rng, n_records)
+    n_patients = max(1, int(round(n_records / 1.2)))
+    # every patient has one record, the remaining records go to random patients
+    patient_of = rng.permutation(
+        np.concatenate([np.arange(n_patients), rng.integers(0, n_patients, n_records - n_patients)])
+    )
+    patient_site = rng.choice(N_SITES, size=n_patients, p=SITE_WEIGHTS)
+    first_record = {int(p): i for i, p in reversed(list(enumerate(patient_of)))}
+    shuffled = [int(p) for p in rng.permutation(n_patients)]
+    order = sorted(shuffled, key=lambda p: "+".join(classes[first_record[p]]))
+    fold_cycle = rng.permutation(np.arange(1, 11))
+    patient_fold = np.zeros(n_patients, dtype=np.int64)
+    for rank, patient in enumerate(order):
+        patient_fold[patient] = fold_cycle[rank % 10]
+    return SyntheticMetadata(
+        classes=classes,
+        patient_ids=patient_of + 1,
+        sites=patient_site[patient_of],
+        folds=patient_fold[patient_of],
+        ages=rng.integers(18, 90, size=n_patients)[patient_of],
+        sexes=rng.integers(0, 2, size=n_patients)[patient_of],
+    )
 
 
 def _record_path(ecg_id: int, sampling_rate: int) -> str:
@@ -349,35 +410,15 @@ def write_synthetic_ptbxl(out_dir: Path, n_records: int = 1000, seed: int = 0, s
     patient's first label set, so roughly 8:1:1 train/val/test.
     """
     check_sampling_rate(sampling_rate)
-    if not isinstance(n_records, (int, np.integer)) or n_records < 1:
-        raise ValueError(f"n_records {n_records!r}: expected a positive integer")
+    meta = synthetic_metadata(n_records, seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 0])
-    classes = _draw_classes(rng, n_records)
-    n_patients = max(1, int(round(n_records / 1.2)))
-    # every patient has one record, the remaining records go to random patients (1-3 records each, mostly)
-    patient_of = rng.permutation(
-        np.concatenate([np.arange(n_patients), rng.integers(0, n_patients, n_records - n_patients)])
-    )
-    patient_site = rng.choice(N_SITES, size=n_patients, p=SITE_WEIGHTS)
-    # stratified folds: patients ordered by the label set of their first record, folds dealt cyclically
-    first_record = {int(p): i for i, p in reversed(list(enumerate(patient_of)))}
-    patients = rng.permutation(sorted(first_record))
-    order = sorted(patients, key=lambda p: "+".join(classes[first_record[int(p)]]))
-    fold_cycle = rng.permutation(np.arange(1, 11))
-    patient_fold = {int(p): int(fold_cycle[rank % 10]) for rank, p in enumerate(order)}
-    patient_age = rng.integers(18, 90, size=n_patients)
-    patient_sex = rng.integers(0, 2, size=n_patients)
-
     rows = []
     started = time.perf_counter()
     for i in range(n_records):
         ecg_id = i + 1
-        patient = int(patient_of[i])
-        site = int(patient_site[patient])
-        record_rng = np.random.default_rng([seed, 1, ecg_id])
-        leads, codes = synthesise_ecg(classes[i], record_rng, BASE_RATE, site)
+        site = int(meta.sites[i])
+        leads, codes = synthesise_ecg(meta.classes[i], np.random.default_rng([seed, 1, ecg_id]), BASE_RATE, site)
         lr = _record_path(ecg_id, 100)
         _write_wfdb(out_dir, lr, leads.reshape(12, -1, BASE_RATE // 100).mean(axis=2), 100)
         hr = ""
@@ -386,10 +427,10 @@ def write_synthetic_ptbxl(out_dir: Path, n_records: int = 1000, seed: int = 0, s
             _write_wfdb(out_dir, hr, leads, 500)
         row = dict.fromkeys(DATABASE_COLUMNS, "")
         row.update(
-            ecg_id=ecg_id, patient_id=float(patient + 1), age=float(patient_age[patient]),
-            sex=float(patient_sex[patient]), site=float(site), device=f"SYNTH-{site}",
-            scp_codes=repr(codes), strat_fold=patient_fold[patient], filename_lr=lr, filename_hr=hr,
-            validated_by_human=True, second_opinion=False, initial_autogenerated_report=False,
+            ecg_id=ecg_id, patient_id=float(meta.patient_ids[i]), age=float(meta.ages[i]), sex=float(meta.sexes[i]),
+            site=float(site), device=f"SYNTH-{site}", scp_codes=repr(codes), strat_fold=int(meta.folds[i]),
+            filename_lr=lr, filename_hr=hr, validated_by_human=True, second_opinion=False,
+            initial_autogenerated_report=False,
         )
         rows.append(row)
         if (i + 1) % 500 == 0:

@@ -94,6 +94,9 @@ def main(grid: Grid, context: Context) -> None:
     options = options_for(cfg, layers)
     nodes = list(grid.get_node_ids())
     check_federation_size(cfg, len(nodes))
+    if options.encrypted_layers and cfg.he_server_context and not Path(cfg.he_server_context).is_file():
+        raise ConfigError(f"run config: key 'he-server-context' has value '{cfg.he_server_context}'; expected "
+                          "an existing public CKKS context file (server.ctx) on the server machine")
     folder = new_run_folder(cfg.results_dir, project_root(), cfg.strategy)
     log(logging.INFO, "Run folder: %s | model %s with %d parameters | strategy %s | %d nodes",
         folder, cfg.model, count_parameters(model), cfg.strategy, len(nodes))

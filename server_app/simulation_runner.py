@@ -39,7 +39,7 @@ def flower_env(flwr_home: Path, http_port: int | None = None, control_port: int 
     return env
 
 
-def write_simulation_federation(flwr_home: Path, num_supernodes: int, cpus_per_client: float = 1.0) -> Path:
+def write_simulation_federation(flwr_home: Path, num_supernodes: int, cpus_per_client: int = 1) -> Path:
     """``config.toml`` with a default ``local`` connection simulating ``num_supernodes`` nodes."""
     if num_supernodes < 1:
         raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")

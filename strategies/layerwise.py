@@ -78,7 +78,7 @@ class LayerwiseStrategy(Strategy):
 
     def __init__(self, options: StrategyOptions, layers: list[str], initial: "OrderedDict[str, np.ndarray]",
                  quantum_layers: frozenset[str], aggregator_factory: Callable[[], object] | None = None,
-                 freezer=None, run_folder: str = "", chunk_size: int = 4096,
+                 freezer=None, run_folder: str = "",
                  on_round: Callable[[RoundLog], None] | None = None) -> None:
         self.opt = options
         self.layers = list(layers)
@@ -94,7 +94,6 @@ class LayerwiseStrategy(Strategy):
         self.frozen: set[str] = set()
         self.frozen_delivered: set[str] = set()
         self.run_folder = run_folder
-        self.chunk_size = chunk_size
         self.on_round = on_round
         self.history: list[RoundLog] = []
         self.evaluator: int | None = None
@@ -189,15 +188,19 @@ class LayerwiseStrategy(Strategy):
         expected_names = self._plain_names(set(self.layers) - self.frozen)
         expected_shapes = {n: self.shapes[n] for n in expected_names}
         packing = self.encrypted_packing()
-        n_chunks = math.ceil(self._packed_length(packing) / self.chunk_size) if packing else 0
-        check_chunk = self._aggregator_obj().check_chunk if n_chunks else None
+        length = self._packed_length(packing)
+        n_chunks, check_chunks = 0, None
+        if packing:
+            aggregator = self._aggregator_obj()
+            n_chunks = math.ceil(length / aggregator.params.slot_count)
+            check_chunks = lambda chunks: aggregator.validate(chunks, n_chunks, length)  # noqa: E731
         valid: list[TrainReply] = []
         for msg in replies:
             if not msg.has_error():
                 current.bytes["train_up"] += serialized_size(msg.content)
             try:
                 valid.append(parse_train_reply(msg, expected_shapes, self.opt.weighting == "dp-softmax",
-                                               n_chunks, check_chunk))
+                                               n_chunks, check_chunks))
             except ReplyRejected as err:
                 log(WARNING, "Round %d: dropped reply: %s", server_round, err)
                 current.dropped.append(str(err))
@@ -212,7 +215,8 @@ class LayerwiseStrategy(Strategy):
                 [w * r.arrays[name].astype(np.float64) for r, w in zip(valid, weights)], axis=0
             ).astype(valid[0].arrays[name].dtype)
         if n_chunks:
-            self.encrypted_state = self._aggregator_obj().aggregate([r.chunks for r in valid], weights.tolist())
+            self.encrypted_state = self._aggregator_obj().aggregate([r.chunks for r in valid], weights.tolist(),
+                                                                    expected_length=length)
         else:
             self.encrypted_state = None
         self.encrypted_state_layers = packing

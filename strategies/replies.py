@@ -38,7 +38,7 @@ def parse_train_reply(
     expected_shapes: Mapping[str, tuple[int, ...]],
     needs_dp_accuracy: bool,
     expected_chunks: int,
-    check_chunk: Callable[[bytes], None] | None,
+    check_chunks: Callable[[list[bytes]], object] | None,
 ) -> TrainReply:
     """Validate one train reply; raise ``ReplyRejected`` naming what is wrong."""
     node = msg.metadata.src_node_id
@@ -88,11 +88,10 @@ def parse_train_reply(
         chunks = parsed[0]
         if len(chunks) != expected_chunks:
             raise ReplyRejected(f"node {node} sent {len(chunks)} ciphertext chunks, expected {expected_chunks}")
-        if check_chunk is not None:
-            for i, blob in enumerate(chunks):
-                try:
-                    check_chunk(blob)
-                except ValueError as err:
-                    raise ReplyRejected(f"node {node}: ciphertext chunk {i} rejected: {err}") from None
+        if check_chunks is not None:
+            try:
+                check_chunks(chunks)
+            except ValueError as err:
+                raise ReplyRejected(f"node {node}: ciphertexts rejected: {err}") from None
     return TrainReply(node_id=node, arrays=dict(arrays), num_examples=n,
                       metrics={k: float(v) for k, v in metrics.items()}, chunks=chunks)

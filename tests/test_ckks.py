@@ -239,6 +239,26 @@ def test_aggregate_rejects_bad_ciphertexts(
         aggregator.aggregate(bad, [0.1] * N_CLIENTS)
 
 
+def test_corrupted_bytes_raise_or_pass_all_checks(
+    aggregator: EncryptedWeightedSum, encrypted_updates: list[list[bytes]]
+) -> None:
+    # Random byte edits, mostly in the protobuf/SEAL headers: TenSEAL must raise, never crash.
+    rng = np.random.default_rng(2)
+    good = encrypted_updates[0][0]
+    outcomes = {"rejected": 0, "accepted": 0}
+    for _ in range(100):
+        blob = bytearray(good)
+        for pos in rng.integers(0, 120, size=rng.integers(1, 4)):
+            blob[pos] = int(rng.integers(0, 256))
+        try:
+            chunks = [bytes(blob)] + encrypted_updates[0][1:]
+            aggregator.validate(chunks, expected_chunks=3, expected_length=LENGTH)
+            outcomes["accepted"] += 1
+        except CiphertextError:
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 50  # most header edits are caught; the rest changed no checked field
+
+
 def test_aggregate_rejects_wrong_chunk_count(
     aggregator: EncryptedWeightedSum, encrypted_updates: list[list[bytes]]
 ) -> None:
@@ -267,13 +287,24 @@ def test_aggregate_rejects_bad_weights(
         aggregator.aggregate(encrypted_updates, weights)
 
 
-def test_validate_checks_one_reply(aggregator: EncryptedWeightedSum, encrypted_updates: list[list[bytes]]) -> None:
+def test_validate_checks_one_reply(
+    aggregator: EncryptedWeightedSum, encrypted_updates: list[list[bytes]]
+) -> None:
     vectors = aggregator.validate(encrypted_updates[0], expected_chunks=3, expected_length=LENGTH)
     assert [v.size() for v in vectors] == [4096, 4096, 1808]
     with pytest.raises(CiphertextError, match="chunk 2: packs 1808 values, expected 1807"):
         aggregator.validate(encrypted_updates[0], expected_chunks=3, expected_length=LENGTH - 1)
     with pytest.raises(CiphertextError, match="has 3 chunks, expected 4"):
         aggregator.validate(encrypted_updates[0], expected_chunks=4)
+
+
+def test_check_chunk_accepts_a_fresh_chunk_and_rejects_garbage(
+    aggregator: EncryptedWeightedSum, encrypted_updates: list[list[bytes]]
+) -> None:
+    for blob in encrypted_updates[0]:
+        aggregator.check_chunk(blob)
+    with pytest.raises(CiphertextError, match="chunk 0: not a CKKS vector"):
+        aggregator.check_chunk(encrypted_updates[0][0][:1000])
 
 
 def test_decrypt_rejects_wrong_length(secret_ctx: ts.Context, encrypted_updates: list[list[bytes]]) -> None:

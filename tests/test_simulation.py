@@ -1,0 +1,62 @@
+"""Short ``flwr run .`` simulations of each strategy, through the same runner as ``make run``.
+
+Each run uses its own Flower home and results folder; afterwards no SuperLink started for
+it may still be running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from server_app.simulation_runner import run_simulation, superlink_pids
+
+FAST = "num-server-rounds=2 local-epochs=1 synthetic-records=300"
+
+
+def _run(tmp_path, strategy: str, extra: str = "", supernodes: int = 3):
+    results = tmp_path / "results"
+    home = tmp_path / "flwr_home"
+    proc = run_simulation(f"{FAST} strategy='{strategy}' results-dir='{results}' {extra}",
+                          num_supernodes=supernodes, flwr_home=home, timeout=600, capture=True)
+    assert superlink_pids(home.resolve()) == [], "the local SuperLink outlived the run"
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    metrics_path = results / "metrics.json"
+    assert metrics_path.is_file(), log[-4000:]
+    return json.loads(metrics_path.read_text()), log, results
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "adeptheq", "fhe-fedqnn"])
+def test_short_run_of_each_strategy(tmp_path, strategy):
+    metrics, log, results = _run(tmp_path, strategy)
+    assert metrics["config"]["strategy"] == strategy
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    for r in metrics["rounds"]:
+        assert r["train"]["clients"] == 3 and r["dropped"] == []
+        assert r["bytes"]["train_up"] > 0 and r["bytes"]["train_down"] > 0
+        assert sum(r["weights"].values()) == pytest.approx(1.0)
+        assert 0.0 <= r["validation"]["accuracy"] <= 1.0
+        assert r["validation"]["num-examples"] > 0
+    test = metrics["test"]
+    assert test["num-examples"] == 30  # fold 10 of the 300-record synthetic set, each record once
+    assert math.isfinite(test["macro-auc"])
+    assert (results / "rounds.csv").is_file() and (results / "curves.png").is_file()
+    assert (results / "final_model_plain.pt").is_file()
+    assert f"Results written to {results}" in log
+    if strategy != "fedavg":
+        # the server only ever loaded the public context; the aggregate stays encrypted
+        assert (results / "final_model_encrypted" / "manifest.json").is_file()
+    if strategy == "adeptheq":
+        assert metrics["privacy"]["basic"] == pytest.approx(2.0)
+        assert metrics["rounds"][0]["train"]["privacy"]["basic"] == pytest.approx(1.0)
+
+
+def test_invalid_run_config_stops_with_a_message_naming_the_key(tmp_path):
+    home = tmp_path / "flwr_home"
+    proc = run_simulation("n-qubits=0", num_supernodes=2, flwr_home=home, timeout=300, capture=True)
+    assert superlink_pids(home.resolve()) == []
+    log = proc.stdout + proc.stderr
+    assert "key 'n-qubits' has value 0" in log, log[-3000:]
