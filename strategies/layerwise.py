@@ -97,6 +97,7 @@ class LayerwiseStrategy(Strategy):
         self.on_round = on_round
         self.history: list[RoundLog] = []
         self.evaluator: int | None = None
+        self._last_valid_nodes: list[int] = []
         self._current: RoundLog | None = None
         self._t0 = 0.0
         if options.encrypted_layers and aggregator_factory is None:
@@ -207,6 +208,7 @@ class LayerwiseStrategy(Strategy):
         if len(valid) < self.opt.min_clients:
             raise RuntimeError(f"round {server_round}: only {len(valid)} valid replies, min-clients is "
                                f"{self.opt.min_clients}; dropped: {current.dropped}")
+        self._last_valid_nodes = sorted(r.node_id for r in valid)
         weights = self._weights(valid)
         current.weights = {str(r.node_id): float(w) for r, w in zip(valid, weights)}
         current.weight_spread = weight_spread(weights)
@@ -235,6 +237,8 @@ class LayerwiseStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         split = "val+test" if server_round == self.opt.num_rounds else "val"
+        if self._last_valid_nodes and self.evaluator not in self._last_valid_nodes:
+            self.evaluator = self._last_valid_nodes[0]  # the evaluator is gone: ask a node that just replied
         content = self._content(server_round, split=split)
         if self._current is not None:
             self._current.bytes["eval_down"] += serialized_size(content)
