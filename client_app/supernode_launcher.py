@@ -33,6 +33,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from click import ClickException
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.common.config import parse_config_args
+
 from common.config import ConfigError, NodeConfig, check_ptbxl_folder
 from common.keys import load_client_context
 
@@ -50,9 +56,6 @@ class LaunchError(ValueError):
 
 def parse_node_config(raw: str) -> dict[str, Any]:
     """``--node-config`` as flower-supernode will read it; refuse text Flower would ignore."""
-    from click import ClickException
-    from flwr.common.config import parse_config_args
-
     leftover = FLWR_PAIR.sub("", raw).strip()
     if leftover:
         raise LaunchError(f"--node-config: '{leftover}' is not a key=value pair; expected "
@@ -78,28 +81,30 @@ def check_node_config(raw: str) -> NodeConfig:
         if not isinstance(values[key], str) or not values[key]:
             raise LaunchError(f"node config: key '{key}' has value {values[key]!r}; expected a non-empty quoted path")
     try:
-        node = NodeConfig.from_flower(values)
+        check_ptbxl_folder(values["data-path"], SAMPLING_RATE, key="data-path")
+    except ValueError as err:
+        raise LaunchError(f"node config: key 'data-path' has value '{values['data-path']}'; expected {err}") from None
+    check_client_key(Path(values["key-path"]))
+    try:
+        return NodeConfig.from_flower(values)
     except ConfigError as err:
         raise LaunchError(str(err)) from None
-    try:
-        check_ptbxl_folder(node.data_path, SAMPLING_RATE, key="data-path")
-    except ValueError as err:
-        raise LaunchError(f"node config: key 'data-path' has value '{node.data_path}'; expected {err}") from None
-    check_client_key(Path(node.key_path))
-    return node
 
 
 def check_client_key(path: Path) -> None:
     """``path`` holds a private CKKS context that only its owner can read."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise LaunchError(f"node config: key 'key-path' file '{path}' has mode {mode:04o}; expected 0600 "
-                          f"(it holds the CKKS secret key: chmod 600 '{path}')")
+    if not path.is_file():
+        raise LaunchError(f"node config: key 'key-path' has value '{path}', which does not exist; expected "
+                          "this device's copy of the CKKS secret context (client.ctx)")
     try:
         load_client_context(path)
     except (ValueError, OSError) as err:
         raise LaunchError(f"node config: key 'key-path' has value '{path}'; expected a private CKKS context "
                           f"(client.ctx, never server.ctx): {err}") from None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise LaunchError(f"node config: key 'key-path' file '{path}' has mode {mode:04o}; expected 0600 "
+                          f"(it holds the CKKS secret key: chmod 600 '{path}')")
 
 
 def check_root_certificates(path: Path) -> None:
@@ -112,10 +117,6 @@ def check_root_certificates(path: Path) -> None:
 
 
 def check_auth_key(path: Path) -> None:
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-
     if not path.is_file():
         raise LaunchError(f"--auth-supernode-private-key '{path}' does not exist; expected this SuperNode's "
                           "OpenSSH private key (auth_key, made by docker/generate_supernode_keys.sh)")

@@ -57,12 +57,12 @@ class RunConfig(BaseModel):
     n_layers: int = Field(2, ge=1, le=10)
     quantum_backend: Literal["torch", "pennylane"] = "torch"
     # local training
-    local_epochs: int = Field(5, ge=1, le=1000)
+    local_epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=65536)
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     # federation
-    num_server_rounds: int = Field(5, ge=1, le=100_000)
-    strategy: Literal["fedavg", "adeptheq", "fhe-fedqnn"] = "fedavg"
+    num_server_rounds: int = Field(20, ge=1, le=100_000)
+    strategy: Literal["fedavg", "adeptheq", "fhe-fedqnn"] = "adeptheq"
     min_clients: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, gt=0.0)
     results_dir: str = ""
