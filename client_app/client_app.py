@@ -26,7 +26,7 @@ from flwr.clientapp import ClientApp
 from common.ckks import PackedDecryptor, PackedEncryptor
 from common.config import NodeConfig, RunConfig
 from common.keys import ensure_simulation_keys, load_client_context
-from common.model import QUANTUM_LAYERS, ECGNet, build_model, flatten_layers, layer_of, load_arrays, \
+from common.model import ECGNet, build_model, flatten_layers, layer_of, load_arrays, \
     state_by_layer, unflatten_like
 from common.privacy import LaplaceAccuracyRelease
 from common.task import count_correct, evaluate, train_local
@@ -52,14 +52,19 @@ def _names(config: ConfigRecord, key: str) -> list[str]:
 
 
 def _secret_context(node: NodeConfig, config: ConfigRecord):
-    """The CKKS secret context: node config key-path on devices, the run folder in simulation."""
+    """The CKKS secret context: node config key-path on devices, the run folder's keys in simulation.
+
+    The server names a simulation key folder only when it has no deployed ``he-server-context``,
+    so a device without ``key-path`` fails here instead of inventing a key of its own.
+    """
     if node.key_path:
         path = Path(node.key_path)
     else:
-        run_folder = config.get("run-folder", "")
-        if not isinstance(run_folder, str) or not run_folder:
-            raise ValueError("no CKKS key: set node config 'key-path' (deployment) or run in simulation")
-        path = ensure_simulation_keys(Path(run_folder) / "keys") / "client.ctx"
+        key_dir = config.get("sim-key-dir", "")
+        if not isinstance(key_dir, str) or not key_dir:
+            raise ValueError("node config: key 'key-path' is not set; expected the path of the CKKS client key "
+                             "(client.ctx from `python -m common.keys generate`)")
+        path = ensure_simulation_keys(Path(key_dir)) / "client.ctx"
     key = str(path)
     if key not in _CONTEXTS:
         _CONTEXTS[key] = load_client_context(path)
@@ -137,8 +142,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     model = build_model(cfg)
     changes, _ = _restore_global(model, msg, context, node)
-    metrics: dict[str, float] = {f"delta-rms-{layer}": value for layer, value in changes.items()
-                                 if layer not in QUANTUM_LAYERS}
+    metrics: dict[str, float] = {f"delta-rms-{layer}": value for layer, value in changes.items()}
     splits = str(config.get("split", "val")).split("+")
     for split in splits:
         if split not in ("val", "test"):

@@ -24,6 +24,18 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _expectation(msg: str) -> str:
+    """Pydantic's 'Input should be X' as 'X' phrased as what was expected."""
+    if not msg.startswith("Input should be "):
+        return msg
+    rest = msg.removeprefix("Input should be ")
+    if rest.startswith("'"):
+        return f"one of {rest}"
+    if rest.startswith(("a ", "an ")):
+        return rest
+    return f"a value {rest}"
+
+
 def _format_validation_error(kind: str, err: ValidationError, raw: Mapping[str, Any]) -> str:
     lines = []
     for item in err.errors():
@@ -32,7 +44,7 @@ def _format_validation_error(kind: str, err: ValidationError, raw: Mapping[str, 
             lines.append(f"{kind}: unknown key '{key}' (value {raw.get(key)!r}); check the spelling against pyproject.toml")
             continue
         value = raw.get(key, item.get("input"))
-        msg = item["msg"].removeprefix("Value error, ")
+        msg = _expectation(item["msg"].removeprefix("Value error, "))
         lines.append(f"{kind}: key '{key}' has value {value!r}; expected {msg}")
     return "\n".join(lines)
 

@@ -53,36 +53,27 @@ def normalized_amplitudes(x: Tensor) -> Tensor:
     (the gradient with respect to a zero row is exactly zero).
     """
     squared_norm = (x * x).sum(dim=-1, keepdim=True)
-    is_nonzero = squared_norm > torch.finfo(x.dtype).tiny
-    # Substitute 1 before the sqrt so the discarded branch has a finite derivative, not 0 * inf.
-    safe_norm = torch.sqrt(torch.where(is_nonzero, squared_norm, torch.ones_like(squared_norm)))
-    ground_state = torch.zeros_like(x)
-    ground_state[..., 0] = 1.0
-    return torch.where(is_nonzero, x / safe_norm, ground_state)
+    is_zero = squared_norm <= torch.finfo(x.dtype).tiny
+    # Substitute 1 before rsqrt so the discarded branch has a finite derivative, not 0 * inf.
+    unit_rows = x * torch.where(is_zero, torch.ones_like(squared_norm), squared_norm).rsqrt()
+    return unit_rows + nn.functional.pad(is_zero.to(x.dtype), (0, x.shape[-1] - 1))
 
 
 def rot_matrices(weights: Tensor) -> Tensor:
-    """PennyLane ``Rot(phi, theta, omega) = RZ(omega) RY(theta) RZ(phi)`` for weights (..., 3) -> complex (..., 2, 2)."""
-    phi, theta, omega = weights.unbind(dim=-1)
-    cos_half = torch.cos(theta / 2)
-    sin_half = torch.sin(theta / 2)
-    zero = torch.zeros_like(phi)
+    """PennyLane ``Rot(phi, theta, omega) = RZ(omega) RY(theta) RZ(phi)`` for weights (..., 3) -> complex (..., 2, 2).
 
-    def phase(angle: Tensor) -> Tensor:
-        return torch.complex(torch.cos(angle), torch.sin(angle))
-
-    def real(value: Tensor) -> Tensor:
-        return torch.complex(value, zero)
-
-    sum_half = (phi + omega) / 2
-    diff_half = (phi - omega) / 2
-    entry_00 = phase(-sum_half) * real(cos_half)
-    entry_01 = -phase(diff_half) * real(sin_half)
-    entry_10 = phase(-diff_half) * real(sin_half)
-    entry_11 = phase(sum_half) * real(cos_half)
-    return torch.stack(
-        (torch.stack((entry_00, entry_01), dim=-1), torch.stack((entry_10, entry_11), dim=-1)), dim=-2
-    )
+    Entries ``[[e^{-i(phi+omega)/2} c, -e^{i(phi-omega)/2} s], [e^{-i(phi-omega)/2} s, e^{i(phi+omega)/2} c]]`` with
+    ``c = cos(theta/2)``, ``s = sin(theta/2)``; the minus sign of entry (0, 1) is written as a phase of pi.
+    """
+    phi, theta, omega = (weights * 0.5).unbind(dim=-1)
+    half_sum = phi + omega
+    half_diff = phi - omega
+    phases = torch.stack((-half_sum, half_diff + math.pi, -half_diff, half_sum), dim=-1)
+    cos_half = torch.cos(theta)
+    sin_half = torch.sin(theta)
+    magnitudes = torch.stack((cos_half, sin_half, sin_half, cos_half), dim=-1)
+    entries = torch.complex(magnitudes * torch.cos(phases), magnitudes * torch.sin(phases))
+    return entries.reshape(weights.shape[:-1] + (2, 2))
 
 
 def cnot_ranges(n_qubits: int, n_layers: int) -> tuple[int, ...]:
@@ -120,43 +111,49 @@ def pauli_z_signs(n_qubits: int) -> Tensor:
     return (1 - 2 * ((basis >> shifts) & 1)).to(torch.float64)
 
 
+def _probabilities_to_expvals(state: Tensor, z_signs: Tensor) -> Tensor:
+    """<Z_i> = sum_k |state_k|^2 z_signs[k, i] for a complex state (B, 2^n)."""
+    return torch.view_as_real(state).square().sum(dim=-1) @ z_signs
+
+
 def _expvals_fused(amplitudes: Tensor, rotations: Tensor, source: Tensor, z_signs: Tensor) -> Tensor:
-    """One 2^n x 2^n transposed layer unitary ``U_l^T = kron(R^T)[:, source_l]`` per layer, then matmuls."""
+    """All layers' 2^n x 2^n unitaries ``U_l = C_l kron(R_l0, ..., R_l(n-1))`` at once, then matmuls."""
     n_layers, n_qubits = rotations.shape[:2]
-    transposed_layers = []
-    for layer in range(n_layers):
-        kron = rotations[layer, 0].mT
-        for wire in range(1, n_qubits):
-            kron = torch.kron(kron, rotations[layer, wire].mT)
-        transposed_layers.append(kron[:, source[layer]])
+    kron = rotations[:, 0]
+    for wire in range(1, n_qubits):
+        # kron(A, R)[(a, b), (c, d)] = A[a, c] R[b, d], batched over layers.
+        kron = kron[:, :, None, :, None] * rotations[:, wire, None, :, None, :]
+        kron = kron.reshape(n_layers, 2 ** (wire + 1), 2 ** (wire + 1))
+    dim = kron.shape[-1]
+    # (C_l K)[j, :] = K[source[l, j], :]: a row gather.
+    unitaries = kron.gather(1, source[:, :, None].expand(n_layers, dim, dim))
     state = amplitudes.to(rotations.dtype)
-    batch, dim = state.shape
-    if batch > dim:
+    if state.shape[0] > dim:
         # Multiplying the L unitaries first is cheaper than L (B x 2^n) @ (2^n x 2^n) products.
-        total = transposed_layers[0]
-        for transposed in transposed_layers[1:]:
-            total = total @ transposed
-        state = state @ total
+        total = unitaries[0]
+        for layer in range(1, n_layers):
+            total = unitaries[layer] @ total
+        state = state @ total.mT
     else:
-        for transposed in transposed_layers:
-            state = state @ transposed
-    probabilities = state.real.square() + state.imag.square()
-    return probabilities @ z_signs
+        for layer in range(n_layers):
+            state = state @ unitaries[layer].mT
+    return _probabilities_to_expvals(state, z_signs)
 
 
 def _expvals_gatewise(amplitudes: Tensor, rotations: Tensor, source: Tensor, z_signs: Tensor) -> Tensor:
-    """State tensor (B, 2, ..., 2); each Rot contracts one wire axis, each CNOT block is one gather."""
+    """Each Rot mixes the two halves of one wire axis elementwise, each CNOT block is one gather."""
     n_layers, n_qubits = rotations.shape[:2]
     batch = amplitudes.shape[0]
-    state = amplitudes.to(rotations.dtype).reshape((batch,) + (2,) * n_qubits)
+    state = amplitudes.to(rotations.dtype)
     for layer in range(n_layers):
         for wire in range(n_qubits):
-            moved = state.movedim(wire + 1, -1) @ rotations[layer, wire].mT
-            state = moved.movedim(-1, wire + 1)
-        flat = state.reshape(batch, -1)[:, source[layer]]
-        state = flat.reshape((batch,) + (2,) * n_qubits)
-    probabilities = (state.real.square() + state.imag.square()).reshape(batch, -1)
-    return probabilities @ z_signs
+            # Axes (batch, wires before, this wire, wires after); wire 0 is the most significant bit.
+            split = state.reshape(batch, 2**wire, 2, 2 ** (n_qubits - 1 - wire))
+            low, high = split[:, :, 0], split[:, :, 1]
+            r = rotations[layer, wire]
+            state = torch.stack((r[0, 0] * low + r[0, 1] * high, r[1, 0] * low + r[1, 1] * high), dim=2)
+        state = state.reshape(batch, -1)[:, source[layer]]
+    return _probabilities_to_expvals(state, z_signs)
 
 
 def simulate_expvals(

@@ -128,7 +128,8 @@ def main(grid: Grid, context: Context) -> None:
 
     strategy = LayerwiseStrategy(options, layers, initial, QUANTUM_LAYERS & set(layers),
                                  aggregator_factory=aggregator_factory, freezer=freezer,
-                                 run_folder=str(folder), on_round=on_round)
+                                 sim_key_dir="" if cfg.he_server_context else str(folder / "keys"),
+                                 on_round=on_round)
     t0 = time.time()
     initial_plain = ArrayRecord()
     strategy.start(grid=grid, initial_arrays=initial_plain, num_rounds=cfg.num_server_rounds,

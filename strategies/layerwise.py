@@ -78,7 +78,7 @@ class LayerwiseStrategy(Strategy):
 
     def __init__(self, options: StrategyOptions, layers: list[str], initial: "OrderedDict[str, np.ndarray]",
                  quantum_layers: frozenset[str], aggregator_factory: Callable[[], object] | None = None,
-                 freezer=None, run_folder: str = "",
+                 freezer=None, sim_key_dir: str = "",
                  on_round: Callable[[RoundLog], None] | None = None) -> None:
         self.opt = options
         self.layers = list(layers)
@@ -93,7 +93,7 @@ class LayerwiseStrategy(Strategy):
         self.freezer = freezer
         self.frozen: set[str] = set()
         self.frozen_delivered: set[str] = set()
-        self.run_folder = run_folder
+        self.sim_key_dir = sim_key_dir
         self.on_round = on_round
         self.history: list[RoundLog] = []
         self.evaluator: int | None = None
@@ -138,7 +138,7 @@ class LayerwiseStrategy(Strategy):
             "server-round": server_round,
             "frozen-layers": sorted(self.frozen) or [""],
             "encrypted-layers": self.encrypted_packing() or [""],
-            "run-folder": self.run_folder,
+            "sim-key-dir": self.sim_key_dir,
             "weighting": self.opt.weighting,
         })
         if split is not None:

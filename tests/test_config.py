@@ -23,10 +23,11 @@ def test_pyproject_defaults_parse_and_cover_every_field():
 
 
 @pytest.mark.parametrize("key,value,fragment", [
-    ("n-qubits", 0, "greater than or equal to 1"),
+    ("n-qubits", 0, "expected a value greater than or equal to 1"),
     ("dirichlet-alpha", -0.5, "greater than 0"),
     ("dataset", "mnist", "one of ptbxl"),
-    ("strategy", "fedprox", "'fedavg', 'adeptheq' or 'fhe-fedqnn'"),
+    ("strategy", "fedprox", "expected one of 'fedavg', 'adeptheq' or 'fhe-fedqnn'"),
+    ("local-epochs", "ten", "expected a valid integer"),
     ("data-path", "/nonexistent/ptb-xl", "does not exist"),
     ("data-path", "relative/path", "absolute path"),
     ("results-dir", "relative", "absolute path"),

@@ -172,26 +172,36 @@ class Deployment:
                 raise AssertionError(f"SuperNodes not online after {timeout} s (exited: {dead}): {status}\n{logs}")
             time.sleep(1.0)
 
-    def all_pids(self) -> set[int]:
-        """Started processes and everything below them now, plus those already stopped."""
-        pids = set(self.stopped)
-        for proc in self.procs.values():
-            pids.add(proc.pid)
-            pids.update(descendants(proc.pid))
-        return pids
+    def markers(self) -> list[str]:
+        """Text that only the command lines of processes started for this deployment contain."""
+        return [str(self.root), *(f"127.0.0.1:{p}" for p in [self.port, *self.node_ports])]
 
-    def shutdown(self) -> set[int]:
-        """SIGTERM, then SIGKILL, every started process tree; reap our children; return the pids handled."""
-        pids = self.all_pids()
+    def strays(self) -> dict[int, str]:
+        """Live processes outside the started trees that belong to this deployment (e.g. re-parented orphans)."""
+        found = {}
+        for path in Path("/proc").glob("[0-9]*/cmdline"):
+            pid = int(path.parent.name)
+            line = cmdline(pid)
+            if pid != os.getpid() and is_alive(pid) and any(m in line for m in self.markers()):
+                found[pid] = line
+        return found
+
+    def shutdown(self) -> tuple[set[int], dict[int, str]]:
+        """SIGTERM, then SIGKILL, every started process tree and reap our children.
+
+        Returns the pids stopped so far and the strays that stopping the trees left behind
+        (those are stopped too, by pid).
+        """
         live = [p.pid for p in self.procs.values() if p.poll() is None]
-        self.stopped |= set(stop_process_tree(live, grace=10.0)) if live else set()
-        for pid in pids - {p.pid for p in self.procs.values()}:  # orphans re-parented away from their tree
-            if is_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        if live:
+            self.stopped |= set(stop_process_tree(live, grace=10.0))
         for proc in self.procs.values():
             proc.wait(timeout=30)
-        self.stopped |= pids
-        return self.stopped
+        strays = self.strays()
+        if strays:
+            self.stopped |= set(stop_process_tree(list(strays), grace=10.0))
+        self.stopped |= {p.pid for p in self.procs.values()}
+        return self.stopped, strays
 
 
 def _generate_files(root: Path) -> Path:
@@ -387,11 +397,9 @@ def test_run_finishes_after_a_supernode_is_killed_mid_round(deployment):
 
 def test_every_started_process_is_stopped(deployment):
     dep = deployment
-    handled = dep.shutdown()
-    assert len(handled) >= 1 + 2 * NUM_NODES  # SuperLink, SuperNodes and their SuperExecs at least
-    alive = sorted(p for p in handled if is_alive(p))
-    assert alive == [], {p: cmdline(p) for p in alive}
-    markers = [str(dep.root), *(f"127.0.0.1:{p}" for p in [dep.port, *dep.node_ports])]
-    strays = {int(p.parent.name): cmdline(int(p.parent.name)) for p in Path("/proc").glob("[0-9]*/cmdline")
-              if is_alive(int(p.parent.name)) and any(m in cmdline(int(p.parent.name)) for m in markers)}
-    assert strays == {}
+    stopped, strays = dep.shutdown()
+    assert len(stopped) >= 1 + 2 * NUM_NODES  # SuperLink, SuperNodes and their SuperExecs at least
+    assert strays == {}, "processes outside the started trees survived"
+    alive = {p: cmdline(p) for p in sorted(stopped) if is_alive(p)}
+    assert alive == {}
+    assert dep.strays() == {}
