@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 SUPPORTED_DATASETS = ("ptbxl",)
 
@@ -39,7 +39,10 @@ def _expectation(msg: str) -> str:
 def _format_validation_error(kind: str, err: ValidationError, raw: Mapping[str, Any]) -> str:
     lines = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "<config>"
+        key = ".".join(str(p) for p in item["loc"])
+        if not key:  # a check across keys: the message names them itself
+            lines.append(f"{kind}: expected {_expectation(item['msg'].removeprefix('Value error, '))}")
+            continue
         if item["type"] == "extra_forbidden":
             lines.append(f"{kind}: unknown key '{key}' (value {raw.get(key)!r}); check the spelling against pyproject.toml")
             continue
@@ -56,8 +59,8 @@ class RunConfig(BaseModel):
 
     # data
     dataset: str = "ptbxl"
-    data_path: str = ""
     sampling_rate: Literal[100, 500] = 100
+    data_path: str = ""
     synthetic_records: int = Field(1000, ge=100, le=200_000)
     partitioning: Literal["dirichlet", "iid", "site"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0.0, le=1e6)
@@ -116,11 +119,12 @@ class RunConfig(BaseModel):
     def he_layer_names(self) -> list[str]:
         return self.he_layers.split(",")
 
-    @model_validator(mode="after")
-    def _data_folder(self) -> "RunConfig":
-        if self.data_path:
-            check_ptbxl_folder(self.data_path, self.sampling_rate, key="data-path")
-        return self
+    @field_validator("data_path")
+    @classmethod
+    def _data_folder(cls, value: str, info: ValidationInfo) -> str:
+        if value:
+            check_ptbxl_folder(value, info.data.get("sampling_rate", 100), key="data-path")
+        return value
 
     @classmethod
     def from_flower(cls, raw: Mapping[str, Any]) -> "RunConfig":

@@ -2,7 +2,7 @@
 
 For an input row x in R^(2^n) and weights w of shape (L, n, 3) the layer computes
 
-    |psi(x)>  = a(x) = x / ||x||_2                      (amplitude embedding; zero row -> |0...0>)
+    |psi(x)>  = x / ||x||_2                              (amplitude embedding; zero row -> |0...0>)
     U_l       = C_l (Rot(w[l,0]) (x) Rot(w[l,1]) (x) ... (x) Rot(w[l,n-1]))
     y_i       = <psi(x)| U_1^+ ... U_L^+  Z_i  U_L ... U_1 |psi(x)>,    i = 0..n-1
 
@@ -14,26 +14,34 @@ with PennyLane's exact conventions:
 * ``C_l = CNOT(n-1, (n-1+r_l) % n) ... CNOT(1, (1+r_l) % n) CNOT(0, r_l % n)`` (CNOT(0, .) applied first) with
   PennyLane's default range ``r_l = (l mod (n-1)) + 1`` for n > 1; for n == 1 there is no CNOT.
 * Wire 0 is the most significant bit of the basis-state index, so the state vector of ``n`` wires is
-  ``kron(wire 0, wire 1, ..., wire n-1)`` and ``Z_i`` has eigenvalue ``1 - 2 * bit_i(k)`` on basis state ``k``
-  with ``bit_i(k) = (k >> (n-1-i)) & 1``.
+  ``kron(wire 0, wire 1, ..., wire n-1)`` and ``Z_i`` has eigenvalue ``z_i(k) = 1 - 2 * bit_i(k)`` on basis
+  state ``k`` with ``bit_i(k) = (k >> (n-1-i)) & 1``.
 
 Zero-row convention (both backends): a row whose squared norm is not larger than the smallest positive normal
 float of its dtype is embedded as the basis state |0...0>, with zero gradient with respect to that row. Non-zero
 rows are embedded exactly as ``qml.AmplitudeEmbedding(x, normalize=True)`` does.
+
+Simulation (torch backend): since RZ layers are diagonal, layer l acts on a state as
+``psi -> P_l Y_l D(gamma_l) psi`` with ``Y_l = kron_i RY(theta_li)`` real, ``P_l`` the CNOT permutation and
+``D(gamma_l)`` a diagonal phase that collects RZ(phi_l) and the previous layer's RZ(omega_{l-1}) moved through
+``P_{l-1}``. The last layer's RZ(omega) is a phase right before the measurement and cannot change <Z_i>.
+The complex state is kept as two real tensors, so every product is a real matmul.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 BACKENDS = ("torch", "pennylane")
 PENNYLANE_DEVICES = ("default.qubit", "lightning.qubit", "lightning.gpu")
-# Above this many qubits a 2^n x 2^n layer unitary (4^n entries) costs more than applying gates one by one.
+# Up to this many qubits each layer's real RY block is a dense 2^n x 2^n matrix (one matmul); above, wire by wire.
 FUSED_MAX_QUBITS = 10
 DEFAULT_INIT_SCALE = 0.1
 
@@ -46,34 +54,41 @@ def _check_positive_int(value: object, name: str) -> int:
     return value
 
 
+def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, s): a = x * s + [rows with ||x||^2 <= tiny] * e_0 and s = 1/||x|| (0 on those rows), shape (B, 1)."""
+    squared_norm = (x * x).sum(dim=-1, keepdim=True)
+    tiny = torch.finfo(x.dtype).tiny
+    is_zero = squared_norm <= tiny
+    # The clamp keeps rsqrt (and its derivative) finite on the rows the where discards.
+    inverse_norm = torch.where(is_zero, 0.0, squared_norm.clamp_min(tiny).rsqrt())
+    return x * inverse_norm + nn.functional.pad(is_zero.to(x.dtype), (0, x.shape[-1] - 1)), inverse_norm
+
+
 def normalized_amplitudes(x: Tensor) -> Tensor:
     """Rows of ``x`` divided by their L2 norm; rows with ``||x||^2 <= finfo.tiny`` become e_0 = |0...0>.
 
-    The zero-row branch never divides by zero, so neither the value nor the gradient can be NaN
-    (the gradient with respect to a zero row is exactly zero).
+    Neither the value nor the gradient can be NaN; the gradient with respect to a zero row is exactly zero.
     """
-    squared_norm = (x * x).sum(dim=-1, keepdim=True)
-    is_zero = squared_norm <= torch.finfo(x.dtype).tiny
-    # Substitute 1 before rsqrt so the discarded branch has a finite derivative, not 0 * inf.
-    unit_rows = x * torch.where(is_zero, torch.ones_like(squared_norm), squared_norm).rsqrt()
-    return unit_rows + nn.functional.pad(is_zero.to(x.dtype), (0, x.shape[-1] - 1))
+    return _unit_rows(x)[0]
 
 
-def rot_matrices(weights: Tensor) -> Tensor:
-    """PennyLane ``Rot(phi, theta, omega) = RZ(omega) RY(theta) RZ(phi)`` for weights (..., 3) -> complex (..., 2, 2).
+def ry_matrices(theta: Tensor) -> Tensor:
+    """Real ``RY(theta) = [[cos(theta/2), -sin(theta/2)], [sin(theta/2), cos(theta/2)]]``: (...) -> (..., 2, 2)."""
+    cos_half = torch.cos(theta * 0.5)
+    sin_half = torch.sin(theta * 0.5)
+    return torch.stack((cos_half, -sin_half, sin_half, cos_half), dim=-1).reshape(theta.shape + (2, 2))
 
-    Entries ``[[e^{-i(phi+omega)/2} c, -e^{i(phi-omega)/2} s], [e^{-i(phi-omega)/2} s, e^{i(phi+omega)/2} c]]`` with
-    ``c = cos(theta/2)``, ``s = sin(theta/2)``; the minus sign of entry (0, 1) is written as a phase of pi.
-    """
-    phi, theta, omega = (weights * 0.5).unbind(dim=-1)
-    half_sum = phi + omega
-    half_diff = phi - omega
-    phases = torch.stack((-half_sum, half_diff + math.pi, -half_diff, half_sum), dim=-1)
-    cos_half = torch.cos(theta)
-    sin_half = torch.sin(theta)
-    magnitudes = torch.stack((cos_half, sin_half, sin_half, cos_half), dim=-1)
-    entries = torch.complex(magnitudes * torch.cos(phases), magnitudes * torch.sin(phases))
-    return entries.reshape(weights.shape[:-1] + (2, 2))
+
+def kron_ry(theta: Tensor) -> Tensor:
+    """Real (L, 2^n, 2^n): ``kron(RY(theta[l, 0]), ..., RY(theta[l, n-1]))`` for theta (L, n), wire 0 leftmost."""
+    n_layers, n_qubits = theta.shape
+    ry = ry_matrices(theta)
+    kron = ry[:, 0]
+    for wire in range(1, n_qubits):
+        # kron(A, R)[(a, b), (c, d)] = A[a, c] R[b, d], batched over layers.
+        kron = kron[:, :, None, :, None] * ry[:, wire, None, :, None, :]
+        kron = kron.reshape(n_layers, 2 ** (wire + 1), 2 ** (wire + 1))
+    return kron
 
 
 def cnot_ranges(n_qubits: int, n_layers: int) -> tuple[int, ...]:
@@ -83,7 +98,6 @@ def cnot_ranges(n_qubits: int, n_layers: int) -> tuple[int, ...]:
     return tuple((layer % (n_qubits - 1)) + 1 for layer in range(n_layers))
 
 
-@lru_cache(maxsize=64)
 def cnot_source_indices(n_qubits: int, n_layers: int) -> Tensor:
     """LongTensor (L, 2^n): the CNOT block C_l of layer l maps amplitudes as ``(C_l psi)[j] = psi[source[l, j]]``."""
     dim = 2**n_qubits
@@ -103,7 +117,6 @@ def cnot_source_indices(n_qubits: int, n_layers: int) -> Tensor:
     return torch.stack(sources)
 
 
-@lru_cache(maxsize=64)
 def pauli_z_signs(n_qubits: int) -> Tensor:
     """Float64 (2^n, n): eigenvalue of Z_i on basis state k, i.e. 1 - 2 * ((k >> (n-1-i)) & 1)."""
     basis = torch.arange(2**n_qubits)[:, None]
@@ -111,79 +124,161 @@ def pauli_z_signs(n_qubits: int) -> Tensor:
     return (1 - 2 * ((basis >> shifts) & 1)).to(torch.float64)
 
 
-def _probabilities_to_expvals(state: Tensor, z_signs: Tensor) -> Tensor:
-    """<Z_i> = sum_k |state_k|^2 z_signs[k, i] for a complex state (B, 2^n)."""
-    return torch.view_as_real(state).square().sum(dim=-1) @ z_signs
+@dataclass(frozen=True)
+class CircuitTables:
+    """Weight-independent index and sign tables of an (n_qubits, n_layers) circuit, D = 2^n.
 
+    source (L, D) long: (C_l psi)[j] = psi[source[l, j]]; inverse_source: its inverse permutation.
+    phase_matrix (L*D, L*n*3): gamma = phase_matrix @ weights.flatten(), gamma_l[k] = -1/2 sum_i
+      (phi_li z_i(k) + omega_(l-1)i z_i(source[l-1, k])), the phase angles of D(gamma_l).
+    z_signs (D, n): z_i(k). flip_index (D, n) long: flip_i(k) * D + k, where flip_i toggles wire i's bit.
+    """
 
-def _expvals_fused(amplitudes: Tensor, rotations: Tensor, source: Tensor, z_signs: Tensor) -> Tensor:
-    """All layers' 2^n x 2^n unitaries ``U_l = C_l kron(R_l0, ..., R_l(n-1))`` at once, then matmuls."""
-    n_layers, n_qubits = rotations.shape[:2]
-    kron = rotations[:, 0]
-    for wire in range(1, n_qubits):
-        # kron(A, R)[(a, b), (c, d)] = A[a, c] R[b, d], batched over layers.
-        kron = kron[:, :, None, :, None] * rotations[:, wire, None, :, None, :]
-        kron = kron.reshape(n_layers, 2 ** (wire + 1), 2 ** (wire + 1))
-    dim = kron.shape[-1]
-    # (C_l K)[j, :] = K[source[l, j], :]: a row gather.
-    unitaries = kron.gather(1, source[:, :, None].expand(n_layers, dim, dim))
-    state = amplitudes.to(rotations.dtype)
-    if state.shape[0] > dim:
-        # Multiplying the L unitaries first is cheaper than L (B x 2^n) @ (2^n x 2^n) products.
-        total = unitaries[0]
-        for layer in range(1, n_layers):
-            total = unitaries[layer] @ total
-        state = state @ total.mT
-    else:
+    source: Tensor
+    inverse_source: Tensor
+    phase_matrix: Tensor
+    z_signs: Tensor
+    flip_index: Tensor
+
+    @staticmethod
+    def build(n_qubits: int, n_layers: int) -> CircuitTables:
+        dim = 2**n_qubits
+        source = cnot_source_indices(n_qubits, n_layers)
+        inverse_source = torch.argsort(source, dim=1)
+        z_signs = pauli_z_signs(n_qubits)
+        phase = torch.zeros(n_layers, dim, n_layers, n_qubits, 3, dtype=torch.float64)
         for layer in range(n_layers):
-            state = state @ unitaries[layer].mT
-    return _probabilities_to_expvals(state, z_signs)
+            phase[layer, :, layer, :, 0] = -0.5 * z_signs
+            if layer > 0:
+                # P D(a) = D(a[source]) P: the previous layer's RZ(omega) phase, after its CNOTs.
+                phase[layer, :, layer - 1, :, 2] = -0.5 * z_signs[source[layer - 1]]
+        basis = torch.arange(dim)[:, None]
+        flip_index = (basis ^ (1 << torch.arange(n_qubits - 1, -1, -1))) * dim + basis
+        return CircuitTables(
+            source, inverse_source, phase.reshape(n_layers * dim, -1), z_signs.float(), flip_index
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> CircuitTables:
+        """Copy to ``device``; the float tables take ``dtype``, the index tables stay long."""
+        moved = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            moved[field.name] = value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        return CircuitTables(**moved)
 
 
-def _expvals_gatewise(amplitudes: Tensor, rotations: Tensor, source: Tensor, z_signs: Tensor) -> Tensor:
-    """Each Rot mixes the two halves of one wire axis elementwise, each CNOT block is one gather."""
-    n_layers, n_qubits = rotations.shape[:2]
-    batch = amplitudes.shape[0]
-    state = amplitudes.to(rotations.dtype)
+@lru_cache(maxsize=32)
+def circuit_tables(n_qubits: int, n_layers: int) -> CircuitTables:
+    """Cached CPU tables (float32) for the functional API."""
+    return CircuitTables.build(n_qubits, n_layers).to("cpu", torch.float32)
+
+
+class _FusedExpvals(torch.autograd.Function):
+    """<Z_i> of the circuit on rows of x with dense per-layer RY blocks and a hand-written backward.
+
+    State rows psi (B, D) complex are stored as (2, B, D) [re, im]. Forward: a = unit rows of x,
+    u_l = psi_l * exp(i gamma_l), psi_(l+1) = u_l Yhat_l^T with Yhat_l = P_l Y_l, out = |psi_L|^2 @ Z.
+    Backward, with d = dL/dRe + i dL/dIm of a complex tensor and g = dL/dout:
+    d_L = 2 (g Z^T) psi_L; du_l = d_(l+1) Yhat_l; dYhat_l = Re(d_(l+1))^T Re(u_l) + Im(...)^T Im(...);
+    dgamma_l = sum_b (Im(du_l) Re(u_l) - Re(du_l) Im(u_l)); d_l = du_l exp(-i gamma_l); da = Re(d_0);
+    dw = phase_matrix^T dgamma, plus dtheta_li = 1/2 <dY_l, Y_l J_i> since dRY/dtheta = RY J / 2 with
+    J = [[0, -1], [1, 0]] on wire i, i.e. dtheta_li = 1/2 sum_k (Y_l^T dY_l)[flip_i(k), k] z_i(k);
+    dx = s (da - a <a, da>) with s = 1/||x|| (0 for zero rows).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weights: Tensor, tables: CircuitTables) -> Tensor:  # noqa: D102
+        n_layers, n_qubits = weights.shape[:2]
+        amplitudes, inverse_norm = _unit_rows(x)
+        gamma = (tables.phase_matrix @ weights.reshape(-1)).reshape(n_layers, 1, -1)
+        cos, sin = torch.cos(gamma), torch.sin(gamma)
+        signed_sin = torch.cat((-sin, sin), dim=1)[:, :, None, :]  # (L, 2, 1, D): [-sin; sin]
+        kron = kron_ry(weights[..., 1])
+        dim = kron.shape[-1]
+        blocks = kron.gather(1, tables.source[:, :, None].expand(n_layers, dim, dim))
+        state = amplitudes[None] * torch.stack((cos[0], sin[0]))  # u_0: (2, B, D)
+        phased = [state]
+        for layer in range(n_layers):
+            if layer > 0:
+                state = state * cos[layer] + state.flip(0) * signed_sin[layer]
+                phased.append(state)
+            state = state @ blocks[layer].mT
+        ctx.save_for_backward(amplitudes, inverse_norm, cos, signed_sin, kron, blocks, state, *phased)
+        ctx.tables = tables
+        return state.square().sum(dim=0) @ tables.z_signs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):  # noqa: D102
+        amplitudes, inverse_norm, cos, signed_sin, kron, blocks, final, *phased = ctx.saved_tensors
+        tables: CircuitTables = ctx.tables
+        n_layers, dim = blocks.shape[:2]
+        batch = amplitudes.shape[0]
+        delta = 2 * (grad_out @ tables.z_signs.mT) * final
+        grad_blocks = torch.empty_like(blocks)
+        grad_gamma = torch.empty(n_layers, dim, dtype=delta.dtype, device=delta.device)
+        for layer in range(n_layers - 1, -1, -1):
+            u = phased[layer]
+            grad_blocks[layer] = delta.reshape(2 * batch, dim).mT @ u.reshape(2 * batch, dim)
+            grad_u = delta @ blocks[layer]
+            grad_gamma[layer] = (grad_u[1] * u[0] - grad_u[0] * u[1]).sum(dim=0)
+            # d_l = du * exp(-i gamma): [re c + im s, im c - re s] = du * c - flip(du) * [-s; s].
+            delta = grad_u * cos[layer] - grad_u.flip(0) * signed_sin[layer]
+        grad_x = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_a = delta[0]
+            grad_x = inverse_norm * (grad_a - amplitudes * (amplitudes * grad_a).sum(dim=-1, keepdim=True))
+        if ctx.needs_input_grad[1]:
+            grad_kron = grad_blocks.gather(1, tables.inverse_source[:, :, None].expand(n_layers, dim, dim))
+            overlap = (kron.mT @ grad_kron).reshape(n_layers, dim * dim)
+            grad_theta = 0.5 * (overlap[:, tables.flip_index] * tables.z_signs).sum(dim=1)
+            grad_weights = (tables.phase_matrix.mT @ grad_gamma.reshape(-1)).reshape(n_layers, -1, 3)
+            grad_weights[..., 1] += grad_theta
+        return grad_x, grad_weights, None
+
+
+def _expvals_gatewise(x: Tensor, weights: Tensor, tables: CircuitTables) -> Tensor:
+    """Same circuit through autograd, one 2x2 RY mixing per wire: memory O(B 2^n) instead of O(4^n)."""
+    n_layers, n_qubits = weights.shape[:2]
+    batch = x.shape[0]
+    gamma = (tables.phase_matrix @ weights.reshape(-1)).reshape(n_layers, 1, -1)
+    cos, sin = torch.cos(gamma), torch.sin(gamma)
+    signed_sin = torch.cat((-sin, sin), dim=1)[:, :, None, :]
+    ry = ry_matrices(weights[..., 1])
+    state = normalized_amplitudes(x)[None] * torch.stack((cos[0], sin[0]))
     for layer in range(n_layers):
+        if layer > 0:
+            state = state * cos[layer] + state.flip(0) * signed_sin[layer]
         for wire in range(n_qubits):
-            # Axes (batch, wires before, this wire, wires after); wire 0 is the most significant bit.
-            split = state.reshape(batch, 2**wire, 2, 2 ** (n_qubits - 1 - wire))
+            # Axes (re/im x batch, wires before, this wire, wires after); wire 0 is the most significant bit.
+            split = state.reshape(2 * batch, 2**wire, 2, 2 ** (n_qubits - 1 - wire))
             low, high = split[:, :, 0], split[:, :, 1]
-            r = rotations[layer, wire]
-            state = torch.stack((r[0, 0] * low + r[0, 1] * high, r[1, 0] * low + r[1, 1] * high), dim=2)
-        state = state.reshape(batch, -1)[:, source[layer]]
-    return _probabilities_to_expvals(state, z_signs)
+            cos_half, sin_half = ry[layer, wire, 0, 0], ry[layer, wire, 1, 0]
+            state = torch.stack((cos_half * low - sin_half * high, sin_half * low + cos_half * high), dim=2)
+        state = state.reshape(2, batch, -1)[..., tables.source[layer]]
+    return state.square().sum(dim=0) @ tables.z_signs
 
 
 def simulate_expvals(
-    amplitudes: Tensor,
-    weights: Tensor,
-    method: SimulationMethod = "auto",
-    source: Tensor | None = None,
-    z_signs: Tensor | None = None,
+    x: Tensor, weights: Tensor, method: SimulationMethod = "auto", tables: CircuitTables | None = None
 ) -> Tensor:
-    """<Z_i> (B, n) after StronglyEntanglingLayers(weights) on unit-norm real ``amplitudes`` (B, 2^n).
+    """<Z_i> (B, n) of StronglyEntanglingLayers(weights) on the amplitude embedding of the rows of x (B, 2^n).
 
-    Computes in complex64 for float32 inputs and complex128 for float64 (dtype promoted from both arguments).
-    ``method``: "fused" (per-layer 2^n x 2^n unitary), "gatewise" (one 2x2 contraction per gate) or "auto"
-    (fused for n <= FUSED_MAX_QUBITS). ``source``/``z_signs`` are the cached tables, passed to avoid copies.
+    Computes in the promoted real dtype of x and weights (float32 in, float32 out). ``method``: "fused" (one
+    real 2^n x 2^n matmul per layer, hand-written backward), "gatewise" (2x2 mixing per wire through autograd)
+    or "auto" (fused for n <= FUSED_MAX_QUBITS). ``tables``: precomputed CircuitTables on x's device.
     """
     n_layers, n_qubits = weights.shape[:2]
-    real_dtype = torch.promote_types(amplitudes.dtype, weights.dtype)
-    if source is None:
-        source = cnot_source_indices(n_qubits, n_layers).to(amplitudes.device)
-    if z_signs is None:
-        z_signs = pauli_z_signs(n_qubits).to(amplitudes.device)
-    rotations = rot_matrices(weights.to(real_dtype))
-    amplitudes = amplitudes.to(real_dtype)
-    z_signs = z_signs.to(real_dtype)
+    dtype = torch.promote_types(x.dtype, weights.dtype)
+    if tables is None:
+        tables = circuit_tables(n_qubits, n_layers)
+    tables = tables.to(x.device, dtype)
     if method == "auto":
         method = "fused" if n_qubits <= FUSED_MAX_QUBITS else "gatewise"
     if method == "fused":
-        return _expvals_fused(amplitudes, rotations, source, z_signs)
+        return _FusedExpvals.apply(x.to(dtype), weights.to(dtype), tables)
     if method == "gatewise":
-        return _expvals_gatewise(amplitudes, rotations, source, z_signs)
+        return _expvals_gatewise(x.to(dtype), weights.to(dtype), tables)
     raise ValueError(f"method must be one of 'auto', 'fused', 'gatewise', got {method!r}")
 
 
@@ -217,10 +312,11 @@ class QuantumLayer(nn.Module):
     initialised as ``init_scale * N(0, 1)`` (drawn with ``generator`` if given, else the global torch RNG).
     A near-identity start keeps gradients away from the barren-plateau regime of uniform [0, 2pi) angles.
 
-    backend="torch": batched state-vector simulation in PyTorch (CPU or CUDA, follows the input's device),
-    complex64 for float32 inputs. backend="pennylane": a PennyLane QNode on ``device`` (default.qubit,
-    lightning.qubit, lightning.gpu) with diff_method "backprop" (default.qubit) or "adjoint" (lightning.*)
-    unless given; it runs in float64 and returns the input's dtype.
+    backend="torch": batched state-vector simulation in PyTorch (CPU or CUDA, follows the input's device), in the
+    input's precision (float32 in, float32 out). backend="pennylane": a PennyLane QNode on ``device``
+    (default.qubit, lightning.qubit, lightning.gpu) with diff_method "backprop" (default.qubit) or "adjoint"
+    (lightning.*) unless given; it runs in float64 and returns the input's dtype. ``device`` and ``diff_method``
+    only concern the pennylane backend.
     """
 
     def __init__(
@@ -250,9 +346,10 @@ class QuantumLayer(nn.Module):
             if diff_method not in (None, "backprop"):
                 raise ValueError(f"backend 'torch' supports only diff_method 'backprop', got {diff_method!r}")
             self.diff_method = "backprop"
-            # Non-persistent: they follow .to(device) but stay out of state_dict (weights are the only state).
-            self.register_buffer("_source", cnot_source_indices(n_qubits, n_layers).clone(), persistent=False)
-            self.register_buffer("_z_signs", pauli_z_signs(n_qubits).clone(), persistent=False)
+            # Non-persistent buffers follow .to(device/dtype) but stay out of state_dict: weights are the only state.
+            for field in fields(CircuitTables):
+                table = getattr(circuit_tables(n_qubits, n_layers), field.name)
+                self.register_buffer(f"_{field.name}", table.clone(), persistent=False)
         else:
             if diff_method is None:
                 diff_method = "backprop" if device == "default.qubit" else "adjoint"
@@ -260,12 +357,14 @@ class QuantumLayer(nn.Module):
             self._circuit = _pennylane_qnode(n_qubits, device, diff_method)
 
     def extra_repr(self) -> str:
+        pennylane = f", device={self.device_name!r}, diff_method={self.diff_method!r}"
         return (
             f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, backend={self.backend!r}"
-            + (f", device={self.device_name!r}, diff_method={self.diff_method!r}" if self.backend != "torch" else "")
+            + (pennylane if self.backend == "pennylane" else "")
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, 2^n) floating point -> <Z_0..Z_{n-1}> (B, n) in x's dtype; ValueError on any other shape."""
         expected = 2**self.n_qubits
         if x.ndim != 2 or x.shape[-1] != expected:
             raise ValueError(
@@ -273,9 +372,9 @@ class QuantumLayer(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"input must be a floating-point tensor, got dtype {x.dtype}")
-        amplitudes = normalized_amplitudes(x)
         if self.backend == "torch":
-            return simulate_expvals(amplitudes, self.weights, "auto", self._source, self._z_signs)
+            tables = CircuitTables(**{f.name: getattr(self, f"_{f.name}") for f in fields(CircuitTables)})
+            return simulate_expvals(x, self.weights, "auto", tables)
         # Re-normalising inside the QNode is idempotent on unit rows and keeps PennyLane's own embedding.
-        outputs = self._circuit(amplitudes.to(torch.float64), self.weights.to(torch.float64))
-        return torch.stack([torch.as_tensor(out).reshape(x.shape[0]) for out in outputs], dim=-1).to(x.dtype)
+        outputs = self._circuit(normalized_amplitudes(x).to(torch.float64), self.weights.to(torch.float64))
+        return torch.stack([out.reshape(x.shape[0]) for out in outputs], dim=-1).to(x.dtype)

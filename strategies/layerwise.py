@@ -171,7 +171,14 @@ class LayerwiseStrategy(Strategy):
             content = self._content(server_round)
             self._current.bytes["train_down"] += serialized_size(content)
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
+        self._train_messages = messages  # the grid fills in their message ids when it sends them
         return messages
+
+    def _reply_sender(self, reply: Message) -> int:
+        """The node a reply answers for: an error the SuperLink writes for a dead node carries its own id."""
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id
+                   for m in getattr(self, "_train_messages", []) if m.metadata.message_id}
+        return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def _weights(self, replies: list[TrainReply]) -> np.ndarray:
         counts = np.array([r.num_examples for r in replies], dtype=np.float64)
@@ -201,7 +208,7 @@ class LayerwiseStrategy(Strategy):
                 current.bytes["train_up"] += serialized_size(msg.content)
             try:
                 valid.append(parse_train_reply(msg, expected_shapes, self.opt.weighting == "dp-softmax",
-                                               n_chunks, check_chunks))
+                                               n_chunks, check_chunks, node=self._reply_sender(msg)))
             except ReplyRejected as err:
                 log(WARNING, "Round %d: dropped reply: %s", server_round, err)
                 current.dropped.append(str(err))

@@ -39,9 +39,10 @@ def parse_train_reply(
     needs_dp_accuracy: bool,
     expected_chunks: int,
     check_chunks: Callable[[list[bytes]], object] | None,
+    node: int | None = None,
 ) -> TrainReply:
-    """Validate one train reply; raise ``ReplyRejected`` naming what is wrong."""
-    node = msg.metadata.src_node_id
+    """Validate one train reply; raise ``ReplyRejected`` naming what is wrong (and ``node``, the sender)."""
+    node = msg.metadata.src_node_id if node is None else node
     if msg.has_error():
         raise ReplyRejected(f"node {node} replied with an error: {msg.error.reason}")
     content = msg.content

@@ -8,7 +8,7 @@ operator's ``flwr`` CLI has its own Flower home with a ``deploy`` connection.
 
 Tests, in this order (the last two change the federation): an unregistered key is refused;
 a SuperNode without the CA certificate cannot connect; a 2-round AdeptHEQ run over the three
-nodes; a run that loses its first evaluator to SIGKILL in round 1 and finishes with the
+nodes; a 1-round run that loses its evaluator to SIGKILL mid-round and finishes with the
 other two; and every process started here is gone afterwards. Wall times go to
 ``deployment_timing.json`` in the test's tmp folder (printed; see it with ``pytest -s``).
 """
@@ -172,17 +172,18 @@ class Deployment:
                 raise AssertionError(f"SuperNodes not online after {timeout} s (exited: {dead}): {status}\n{logs}")
             time.sleep(1.0)
 
-    def markers(self) -> list[str]:
-        """Text that only the command lines of processes started for this deployment contain."""
-        return [str(self.root), *(f"127.0.0.1:{p}" for p in [self.port, *self.node_ports])]
+    def marker(self) -> re.Pattern[str]:
+        """Matches only command lines of processes started for this deployment: its folder or its ports."""
+        ports = "|".join(str(p) for p in [self.port, *self.node_ports])
+        return re.compile(rf"{re.escape(str(self.root))}/|127\.0\.0\.1:(?:{ports})(?!\d)")
 
     def strays(self) -> dict[int, str]:
-        """Live processes outside the started trees that belong to this deployment (e.g. re-parented orphans)."""
+        """Live processes of this deployment, wherever they are in the process tree (e.g. re-parented orphans)."""
         found = {}
         for path in Path("/proc").glob("[0-9]*/cmdline"):
             pid = int(path.parent.name)
             line = cmdline(pid)
-            if pid != os.getpid() and is_alive(pid) and any(m in line for m in self.markers()):
+            if pid != os.getpid() and is_alive(pid) and self.marker().search(line):
                 found[pid] = line
         return found
 
@@ -290,8 +291,9 @@ def test_unregistered_supernode_key_is_refused(deployment):
     except subprocess.TimeoutExpired:
         returncode = None
     log = dep.log("unregistered")
-    assert returncode not in (None, 0), f"unregistered SuperNode still running or exited 0:\n{log[-3000:]}"
-    assert "[code: 2004] Failed to activate SuperNode." in log, log[-3000:]
+    # flwr prints its own exit code (305: cannot connect to the SuperLink) and exits with status 1
+    assert returncode == 1, f"unregistered SuperNode: exit status {returncode}:\n{log[-3000:]}"
+    assert "Exit Code: 305" in log and "[code: 2004] Failed to activate SuperNode." in log, log[-3000:]
     assert "No SuperNode found with the given public key" in dep.log("superlink")
     assert set(dep.node_status()) == set(dep.node_ids)  # it did not join
 
@@ -306,7 +308,7 @@ def test_supernode_without_ca_certificate_cannot_connect(deployment):
     log = dep.log("no-ca")
     assert "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate" \
         in log, log[-3000:]
-    assert proc.wait(timeout=30) != 0, log[-3000:]
+    assert proc.wait(timeout=30) == 1 and "Exit Code: 305" in dep.log("no-ca"), log[-3000:]
 
 
 def test_three_authenticated_supernodes_over_tls_complete_adeptheq(deployment):
@@ -343,11 +345,12 @@ def test_three_authenticated_supernodes_over_tls_complete_adeptheq(deployment):
 
 
 def test_run_finishes_after_a_supernode_is_killed_mid_round(deployment):
-    """SIGKILL the first-round evaluator (lowest node id) while its ClientApp trains in round 1.
+    """SIGKILL the evaluator (lowest node id) while its ClientApp trains in a 1-round run.
 
     flwr 1.41 has no reply from a dead node: the SuperLink marks it offline 2 x 30 s after its
     last heartbeat and then answers its pending message with a NODE_UNAVAILABLE error, which the
-    strategy drops; the round goes on with the other two, and another node evaluates.
+    strategy drops; the round goes on with the other two, and another node evaluates. One round
+    keeps the test short: the wait for the heartbeat expiry alone is 35-60 s.
     """
     dep = deployment
     victim_index = dep.node_ids.index(min(dep.node_ids)) + 1
@@ -355,7 +358,7 @@ def test_run_finishes_after_a_supernode_is_killed_mid_round(deployment):
     assert victim.poll() is None, "run this test after the others: it kills a SuperNode"
     results = dep.root / "results-fault"
     # round-timeout above the heartbeat expiry: the node's absence shows as an error reply, not a timeout
-    config = _run_config(dep, results, rounds=2, epochs=1, timeout=HEARTBEAT_EXPIRY_S + 90)
+    config = _run_config(dep, results, rounds=1, epochs=1, timeout=HEARTBEAT_EXPIRY_S + 90)
     t0 = time.time()
     with open(dep.log_path("run-fault"), "wb") as out:
         run = subprocess.Popen(_flwr_run_cmd(dep, config), env=dep.cli_env(), cwd=PROJECT, stdout=out,
@@ -382,16 +385,16 @@ def test_run_finishes_after_a_supernode_is_killed_mid_round(deployment):
     assert returncode == 0, log[-4000:]
     metrics = json.loads((results / "metrics.json").read_text())
     survivors = sorted(n for n in dep.node_ids if n != min(dep.node_ids))
-    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
-    for r in metrics["rounds"]:
-        assert r["train"]["clients"] == 2
-        assert sorted(int(n) for n in r["weights"]) == survivors
-        assert sum(r["weights"].values()) == pytest.approx(1.0)
-        assert r["validation"]["num-examples"] > 0  # evaluated by a surviving node
-    [dropped] = metrics["rounds"][0]["dropped"]
+    [round_1] = metrics["rounds"]
+    assert round_1["train"]["clients"] == 2
+    assert sorted(int(n) for n in round_1["weights"]) == survivors
+    assert sum(round_1["weights"].values()) == pytest.approx(1.0)
+    [dropped] = round_1["dropped"]
     assert "Error: Node Unavailable" in dropped
-    assert metrics["rounds"][1]["dropped"] == []
+    # the dead node was the evaluator: a surviving node scored the model, test fold included
+    assert round_1["validation"]["num-examples"] > 0
     assert metrics["test"]["num-examples"] == SYNTHETIC_RECORDS // 10
+    # offline from now on, so later rounds do not address it (Grid.get_node_ids lists online nodes only)
     assert dep.node_status()[min(dep.node_ids)] == "offline"
 
 
