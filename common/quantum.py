@@ -79,18 +79,6 @@ def ry_matrices(theta: Tensor) -> Tensor:
     return torch.stack((cos_half, -sin_half, sin_half, cos_half), dim=-1).reshape(theta.shape + (2, 2))
 
 
-def kron_ry(theta: Tensor) -> Tensor:
-    """Real (L, 2^n, 2^n): ``kron(RY(theta[l, 0]), ..., RY(theta[l, n-1]))`` for theta (L, n), wire 0 leftmost."""
-    n_layers, n_qubits = theta.shape
-    ry = ry_matrices(theta)
-    kron = ry[:, 0]
-    for wire in range(1, n_qubits):
-        # kron(A, R)[(a, b), (c, d)] = A[a, c] R[b, d], batched over layers.
-        kron = kron[:, :, None, :, None] * ry[:, wire, None, :, None, :]
-        kron = kron.reshape(n_layers, 2 ** (wire + 1), 2 ** (wire + 1))
-    return kron
-
-
 def cnot_ranges(n_qubits: int, n_layers: int) -> tuple[int, ...]:
     """PennyLane's default StronglyEntanglingLayers ranges: r_l = (l mod (n-1)) + 1, or 0 (no CNOT) for n == 1."""
     if n_qubits == 1:
@@ -124,42 +112,77 @@ def pauli_z_signs(n_qubits: int) -> Tensor:
     return (1 - 2 * ((basis >> shifts) & 1)).to(torch.float64)
 
 
+def ry_factor_index(n_qubits: int, n_layers: int, first_wire: int, n_wires: int) -> Tensor:
+    """LongTensor (L, 2^g, 2^g, g), g = n_wires: index[l, j, k, t] = 4 (l n + first_wire + t) + 2 j_t + k_t, where j_t
+    is bit t of j (most significant first), so that kron_t RY(theta_(l, first_wire+t))[j, k] = prod_t F[index[l, j, k, t]]
+    with F[4 (l n + i): 4 (l n + i) + 4] = (cos, -sin, sin, cos)(theta_li / 2), the row-major entries of RY(theta_li).
+    """
+    basis = torch.arange(2**n_wires)
+    bits = (basis[:, None] >> torch.arange(n_wires - 1, -1, -1)) & 1
+    wires = torch.arange(n_layers)[:, None] * n_qubits + first_wire + torch.arange(n_wires)
+    return 4 * wires[:, None, None, :] + 2 * bits[None, :, None, :] + bits[None, None, :, :]
+
+
 @dataclass(frozen=True)
 class CircuitTables:
-    """Weight-independent index and sign tables of an (n_qubits, n_layers) circuit, D = 2^n.
+    """Weight-independent tables of an (n_qubits, n_layers) circuit, D = 2^n.
 
-    source (L, D) long: (C_l psi)[j] = psi[source[l, j]]; inverse_source: its inverse permutation.
-    phase_matrix (L*D, L*n*3): gamma = phase_matrix @ weights.flatten(), gamma_l[k] = -1/2 sum_i
-      (phi_li z_i(k) + omega_(l-1)i z_i(source[l-1, k])), the phase angles of D(gamma_l).
+    source (L, D) long: (C_l psi)[j] = psi[source[l, j]].
+    angle_matrix (L*D + 4*L*n, 3*L*n), angle_offset (L*D + 4*L*n): angle_matrix @ weights.flatten() + angle_offset
+      stacks (1) gamma (L, D), the phase angles of D(gamma_l): gamma_l[k] = -1/2 sum_i (phi_li z_i(k) +
+      omega_(l-1)i z_i(source[l-1, k])), and (2) theta_li / 2 + (0, pi/2, -pi/2, 0), whose cosines are the RY
+      entries F = (cos, -sin, sin, cos)(theta_li / 2).
     z_signs (D, n): z_i(k). flip_index (D, n) long: flip_i(k) * D + k, where flip_i toggles wire i's bit.
+    high_factor_index / low_factor_index (L, d, d, g) long: kron of RY over the first h / last n-h wires of each
+      layer as prod_t F[index[l, j, k, t]] (see ry_factor_index); h = n // 2 for n > 5, else 0 and then the
+      low index already has its rows permuted by source, so it gives P_l Y_l directly.
     """
 
     source: Tensor
-    inverse_source: Tensor
-    phase_matrix: Tensor
+    angle_matrix: Tensor
+    angle_offset: Tensor
     z_signs: Tensor
     flip_index: Tensor
+    high_factor_index: Tensor
+    low_factor_index: Tensor
 
     @staticmethod
     def build(n_qubits: int, n_layers: int) -> CircuitTables:
         dim = 2**n_qubits
         source = cnot_source_indices(n_qubits, n_layers)
-        inverse_source = torch.argsort(source, dim=1)
         z_signs = pauli_z_signs(n_qubits)
         phase = torch.zeros(n_layers, dim, n_layers, n_qubits, 3, dtype=torch.float64)
+        half_theta = torch.zeros(n_layers, n_qubits, 4, n_layers, n_qubits, 3, dtype=torch.float64)
         for layer in range(n_layers):
             phase[layer, :, layer, :, 0] = -0.5 * z_signs
             if layer > 0:
                 # P D(a) = D(a[source]) P: the previous layer's RZ(omega) phase, after its CNOTs.
                 phase[layer, :, layer - 1, :, 2] = -0.5 * z_signs[source[layer - 1]]
+            for wire in range(n_qubits):
+                half_theta[layer, wire, :, layer, wire, 1] = 0.5
+        shifts = torch.tensor([0.0, math.pi / 2, -math.pi / 2, 0.0], dtype=torch.float64)
+        angle_matrix = torch.cat((phase.reshape(n_layers * dim, -1), half_theta.reshape(4 * n_layers * n_qubits, -1)))
+        angle_offset = torch.cat((torch.zeros(n_layers * dim, dtype=torch.float64), shifts.repeat(n_layers * n_qubits)))
         basis = torch.arange(dim)[:, None]
         flip_index = (basis ^ (1 << torch.arange(n_qubits - 1, -1, -1))) * dim + basis
+        high = n_qubits // 2 if n_qubits > 5 else 0
+        low_index = ry_factor_index(n_qubits, n_layers, high, n_qubits - high)
+        if high == 0:
+            low_index = low_index.gather(1, source[:, :, None, None].expand_as(low_index))
         return CircuitTables(
-            source, inverse_source, phase.reshape(n_layers * dim, -1), z_signs.float(), flip_index
+            source,
+            angle_matrix,
+            angle_offset,
+            z_signs,
+            flip_index,
+            ry_factor_index(n_qubits, n_layers, 0, high),
+            low_index,
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> CircuitTables:
-        """Copy to ``device``; the float tables take ``dtype``, the index tables stay long."""
+        """These tables on ``device`` with float tables in ``dtype`` (self when already there)."""
+        if self.z_signs.device == torch.device(device) and self.z_signs.dtype == dtype:
+            return self
         moved = {}
         for field in fields(self):
             value = getattr(self, field.name)
@@ -188,60 +211,85 @@ class _FusedExpvals(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weights: Tensor, tables: CircuitTables) -> Tensor:  # noqa: D102
-        n_layers, n_qubits = weights.shape[:2]
+        n_layers = weights.shape[0]
+        batch, dim = x.shape
         amplitudes, inverse_norm = _unit_rows(x)
-        gamma = (tables.phase_matrix @ weights.reshape(-1)).reshape(n_layers, 1, -1)
-        cos, sin = torch.cos(gamma), torch.sin(gamma)
-        signed_sin = torch.cat((-sin, sin), dim=1)[:, :, None, :]  # (L, 2, 1, D): [-sin; sin]
-        kron = kron_ry(weights[..., 1])
-        dim = kron.shape[-1]
-        blocks = kron.gather(1, tables.source[:, :, None].expand(n_layers, dim, dim))
-        state = amplitudes[None] * torch.stack((cos[0], sin[0]))  # u_0: (2, B, D)
+        angles = torch.addmv(tables.angle_offset, tables.angle_matrix, weights.reshape(-1))
+        cosines = torch.cos(angles)
+        cos = cosines[: n_layers * dim].view(n_layers, 1, dim)
+        sin = torch.sin(angles[: n_layers * dim]).view(n_layers, 1, dim)
+        signed_sin = torch.cat((-sin, sin), dim=1).unsqueeze(2)  # (L, 2, 1, D): [-sin; sin]
+        blocks = _permuted_ry_blocks(cosines[n_layers * dim :], tables)
+        cos_l, signed_sin_l, blocks_l = cos.unbind(0), signed_sin.unbind(0), blocks.unbind(0)
+        state = amplitudes * torch.cat((cos_l[0], sin[0])).unsqueeze(1)  # u_0: (2, B, D)
         phased = [state]
         for layer in range(n_layers):
             if layer > 0:
-                state = state * cos[layer] + state.flip(0) * signed_sin[layer]
+                state = state * cos_l[layer] + state.flip(0) * signed_sin_l[layer]
                 phased.append(state)
-            state = state @ blocks[layer].mT
-        ctx.save_for_backward(amplitudes, inverse_norm, cos, signed_sin, kron, blocks, state, *phased)
+            state = (state.view(2 * batch, dim) @ blocks_l[layer].mT).view(2, batch, dim)
+        ctx.save_for_backward(amplitudes, inverse_norm, cos, signed_sin, blocks, state, torch.stack(phased))
         ctx.tables = tables
         return state.square().sum(dim=0) @ tables.z_signs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):  # noqa: D102
-        amplitudes, inverse_norm, cos, signed_sin, kron, blocks, final, *phased = ctx.saved_tensors
+        amplitudes, inverse_norm, cos, signed_sin, blocks, final, phased = ctx.saved_tensors
         tables: CircuitTables = ctx.tables
         n_layers, dim = blocks.shape[:2]
-        batch = amplitudes.shape[0]
-        delta = 2 * (grad_out @ tables.z_signs.mT) * final
-        grad_blocks = torch.empty_like(blocks)
-        grad_gamma = torch.empty(n_layers, dim, dtype=delta.dtype, device=delta.device)
+        rows = 2 * amplitudes.shape[0]
+        cos_l, signed_sin_l, blocks_l = cos.unbind(0), signed_sin.unbind(0), blocks.unbind(0)
+        delta = (grad_out @ tables.z_signs.mT) * final * 2
+        deltas, grad_us = [], []
         for layer in range(n_layers - 1, -1, -1):
-            u = phased[layer]
-            grad_blocks[layer] = delta.reshape(2 * batch, dim).mT @ u.reshape(2 * batch, dim)
-            grad_u = delta @ blocks[layer]
-            grad_gamma[layer] = (grad_u[1] * u[0] - grad_u[0] * u[1]).sum(dim=0)
+            deltas.append(delta)
+            grad_u = (delta.view(rows, dim) @ blocks_l[layer]).view(delta.shape)
+            grad_us.append(grad_u)
             # d_l = du * exp(-i gamma): [re c + im s, im c - re s] = du * c - flip(du) * [-s; s].
-            delta = grad_u * cos[layer] - grad_u.flip(0) * signed_sin[layer]
+            delta = grad_u * cos_l[layer] - grad_u.flip(0) * signed_sin_l[layer]
         grad_x = grad_weights = None
         if ctx.needs_input_grad[0]:
             grad_a = delta[0]
             grad_x = inverse_norm * (grad_a - amplitudes * (amplitudes * grad_a).sum(dim=-1, keepdim=True))
         if ctx.needs_input_grad[1]:
-            grad_kron = grad_blocks.gather(1, tables.inverse_source[:, :, None].expand(n_layers, dim, dim))
-            overlap = (kron.mT @ grad_kron).reshape(n_layers, dim * dim)
-            grad_theta = 0.5 * (overlap[:, tables.flip_index] * tables.z_signs).sum(dim=1)
-            grad_weights = (tables.phase_matrix.mT @ grad_gamma.reshape(-1)).reshape(n_layers, -1, 3)
+            flat_phased = phased.view(n_layers, rows, dim)
+            grad_blocks = torch.stack(deltas[::-1]).view(n_layers, rows, dim).mT @ flat_phased
+            # Rows [sum_b du_im u_re, sum_b du_re u_im] per layer.
+            cross = (torch.stack(grad_us[::-1]).flip(1) * phased).sum(dim=2)
+            grad_gamma = cross[:, 0] - cross[:, 1]
+            # Yhat = P Y with P a permutation, so Y^T dY = Yhat^T dYhat.
+            overlap = (blocks.mT @ grad_blocks).view(n_layers, dim * dim)
+            grad_theta = (overlap.index_select(1, tables.flip_index.view(-1)).view(n_layers, dim, -1)
+                          * tables.z_signs).sum(dim=1) * 0.5
+            phase_matrix = tables.angle_matrix[: n_layers * dim]
+            grad_weights = (phase_matrix.mT @ grad_gamma.view(-1)).view(n_layers, -1, 3)
             grad_weights[..., 1] += grad_theta
         return grad_x, grad_weights, None
+
+
+def _factor_products(factors: Tensor, index: Tensor) -> Tensor:
+    """(L, d, d): prod_t factors[index[l, j, k, t]] (index_select is cheaper than advanced indexing)."""
+    return factors.index_select(0, index.view(-1)).view(index.shape).prod(dim=-1)
+
+
+def _permuted_ry_blocks(factors: Tensor, tables: CircuitTables) -> Tensor:
+    """Real (L, D, D): P_l kron_i RY(theta_li) from the flat RY entries ``factors`` (see CircuitTables)."""
+    blocks = _factor_products(factors, tables.low_factor_index)
+    if tables.high_factor_index.shape[-1] == 0:
+        return blocks  # rows already permuted by the index
+    high = _factor_products(factors, tables.high_factor_index)
+    n_layers, size = high.shape[0], high.shape[-1] * blocks.shape[-1]
+    kron = (high[:, :, None, :, None] * blocks[:, None, :, None, :]).reshape(n_layers, size, size)
+    return kron.gather(1, tables.source[:, :, None].expand_as(kron))
 
 
 def _expvals_gatewise(x: Tensor, weights: Tensor, tables: CircuitTables) -> Tensor:
     """Same circuit through autograd, one 2x2 RY mixing per wire: memory O(B 2^n) instead of O(4^n)."""
     n_layers, n_qubits = weights.shape[:2]
     batch = x.shape[0]
-    gamma = (tables.phase_matrix @ weights.reshape(-1)).reshape(n_layers, 1, -1)
+    dim = x.shape[1]
+    gamma = (tables.angle_matrix[: n_layers * dim] @ weights.reshape(-1)).view(n_layers, 1, dim)
     cos, sin = torch.cos(gamma), torch.sin(gamma)
     signed_sin = torch.cat((-sin, sin), dim=1)[:, :, None, :]
     ry = ry_matrices(weights[..., 1])
@@ -342,19 +390,30 @@ class QuantumLayer(nn.Module):
             init_scale * torch.randn((n_layers, n_qubits, 3), generator=generator, dtype=torch.float32)
         )
         self._circuit = None
+        self._tables: tuple | None = None  # (angle_matrix buffer, source buffer, dtype, CircuitTables)
         if backend == "torch":
             if diff_method not in (None, "backprop"):
                 raise ValueError(f"backend 'torch' supports only diff_method 'backprop', got {diff_method!r}")
             self.diff_method = "backprop"
-            # Non-persistent buffers follow .to(device/dtype) but stay out of state_dict: weights are the only state.
+            # Non-persistent buffers follow .to(device) but stay out of state_dict: weights are the only state.
+            # Kept in float64 so that a cast to the compute dtype never rounds twice.
+            built = CircuitTables.build(n_qubits, n_layers)
             for field in fields(CircuitTables):
-                table = getattr(circuit_tables(n_qubits, n_layers), field.name)
-                self.register_buffer(f"_{field.name}", table.clone(), persistent=False)
+                self.register_buffer(f"_{field.name}", getattr(built, field.name), persistent=False)
         else:
             if diff_method is None:
                 diff_method = "backprop" if device == "default.qubit" else "adjoint"
             self.diff_method = diff_method
             self._circuit = _pennylane_qnode(n_qubits, device, diff_method)
+
+    def _current_tables(self, dtype: torch.dtype) -> CircuitTables:
+        """The float64 buffers as CircuitTables in ``dtype``, rebuilt only when .to() replaced them or dtype changed."""
+        cached = self._tables
+        if cached is None or cached[0] is not self._angle_matrix or cached[1] is not self._source or cached[2] != dtype:
+            buffers = {field.name: getattr(self, f"_{field.name}") for field in fields(CircuitTables)}
+            tables = CircuitTables(**buffers).to(self._source.device, dtype)
+            cached = self._tables = (self._angle_matrix, self._source, dtype, tables)
+        return cached[3]
 
     def extra_repr(self) -> str:
         pennylane = f", device={self.device_name!r}, diff_method={self.diff_method!r}"
@@ -373,7 +432,7 @@ class QuantumLayer(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"input must be a floating-point tensor, got dtype {x.dtype}")
         if self.backend == "torch":
-            tables = CircuitTables(**{f.name: getattr(self, f"_{f.name}") for f in fields(CircuitTables)})
+            tables = self._current_tables(torch.promote_types(x.dtype, self.weights.dtype))
             return simulate_expvals(x, self.weights, "auto", tables)
         # Re-normalising inside the QNode is idempotent on unit rows and keeps PennyLane's own embedding.
         outputs = self._circuit(normalized_amplitudes(x).to(torch.float64), self.weights.to(torch.float64))
