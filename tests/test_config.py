@@ -60,3 +60,25 @@ def test_node_config_checks_partition_and_files(tmp_path):
         NodeConfig.from_flower({"partition-id": 0, "num-partitions": 3, "key-path": "/missing/client.ctx"})
     with pytest.raises(ConfigError, match="data-path"):
         NodeConfig.from_flower({"partition-id": 0, "num-partitions": 3, "data-path": str(tmp_path / "nope")})
+
+
+def test_more_clients_than_the_data_can_serve_is_refused():
+    from server_app.server_app import check_federation_size
+
+    check_federation_size(RunConfig(synthetic_records=1000), 10)  # 800 training records: 80 each
+    with pytest.raises(ConfigError, match="20 clients need at least 10 training records each, but "
+                                          "synthetic-records 100 gives 80 records in folds 1-8"):
+        check_federation_size(RunConfig(synthetic_records=100), 20)
+
+
+def test_federation_size_counts_real_training_folds(tmp_path):
+    from server_app.server_app import check_federation_size
+
+    (tmp_path / "records100").mkdir()
+    (tmp_path / "scp_statements.csv").write_text("code\n")
+    folds = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 3  # 24 records in folds 1-8
+    (tmp_path / "ptbxl_database.csv").write_text("ecg_id,strat_fold\n" + "".join(f"{i},{f}\n" for i, f in enumerate(folds)))
+    cfg = RunConfig(data_path=str(tmp_path))
+    check_federation_size(cfg, 2)
+    with pytest.raises(ConfigError, match=f"3 clients need .* but data-path '{tmp_path}' gives 24 records"):
+        check_federation_size(cfg, 3)
