@@ -9,20 +9,29 @@ as in the hybrid model where the inputs come from a trainable encoder) for three
 * ``lightning.qubit``: PennyLane QNode, diff_method="adjoint".
 
 Each time is the median over repeats after one warm-up step on min(batch, 32) rows; the number of repeats
-is what fits in ``--case-seconds`` (1 to 50). lightning.qubit runs one tape per sample (adjoint has no
-parameter broadcasting) and decomposes the trainable amplitude embedding per sample, so its time is linear in
-the batch; where one step would exceed ``--case-seconds`` it is measured on the largest multiple of 32 rows
-that fits and scaled linearly to the full batch (labelled ``extrapolated_from_batch``; ``--full`` measures
-every batch in full instead). Also reports speed ratios (reference time / torch time) and the largest absolute
-differences from the torch backend in outputs and input gradients on the rows both computed, and in weight
-gradients where both saw the full batch.
+is what fits in ``--case-seconds`` (1 to 50). The repeats are spread over 5 rounds that visit the backends in
+turn (so that load from other processes hits them alike), and each visit starts with 3 untimed steps when that
+is cheap (so that timed steps run warm, as consecutive training steps do); Python's garbage collector is paused
+inside each visit, as timeit does.
 
-    python -m benchmarks.quantum_head --json [--case-seconds 5] [--full]
+A backend whose single step would exceed ``--case-seconds`` is measured on the largest multiple of 32 rows
+that fits and scaled linearly to the full batch (labelled ``extrapolated_from_batch``; ``--full`` measures every
+batch in full instead, about 4 minutes in all). With the default budget this concerns lightning.qubit at batch
+1024 only: it runs one tape per sample (adjoint has no parameter broadcasting) and decomposes the trainable
+amplitude embedding per sample, so its time is linear in the batch (about 0.6 s per 32 samples at 4 qubits and
+4-5 s at 8 qubits here; a --full run measured 22.6 s and 179 s at batch 1024, matching the scaling).
+
+Also reports speed ratios (reference time / torch time) and the largest absolute differences from the torch
+backend in outputs and input gradients on the rows both computed, and in weight gradients where both saw the
+full batch (weight gradients are sums over the batch, so float32 differences grow with it).
+
+    python -m benchmarks.quantum_head --json [--case-seconds 5] [--full] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import platform
@@ -43,8 +52,10 @@ BACKENDS = {
     "lightning.qubit": {"backend": "pennylane", "device": "lightning.qubit"},
 }
 MAX_REPEATS = 50
-MIN_REPEATS = 3
 EXTRAPOLATION_STEP = 32
+ROUNDS = 5
+# Untimed steps at the start of each visit: after another backend's steps the caches take ~3 steps to warm.
+WARM_STEPS = 3
 
 
 def _step(layer: QuantumLayer, x: torch.Tensor, cotangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -61,25 +72,50 @@ def _timed_step(layer: QuantumLayer, x: torch.Tensor, cotangent: torch.Tensor) -
     return time.perf_counter() - start, result
 
 
-def measure(layer: QuantumLayer, x: torch.Tensor, cotangent: torch.Tensor, case_seconds: float, full: bool) -> dict:
-    """Median step time at full batch, or on a sub-batch scaled linearly when one step exceeds case_seconds."""
+def plan(layer: QuantumLayer, x: torch.Tensor, cotangent: torch.Tensor, case_seconds: float, full: bool) -> dict:
+    """Warm-up step on min(batch, 32) rows; then the rows to time (full batch, or a multiple of 32 when one full
+    step would exceed case_seconds) and the number of repeats that fits in case_seconds (1 to MAX_REPEATS)."""
     batch = x.shape[0]
     probe_rows = min(batch, EXTRAPOLATION_STEP)
-    probe_seconds, _ = _timed_step(layer, x[:probe_rows], cotangent[:probe_rows])  # warm-up: pays one-off costs
+    probe_seconds, _ = _timed_step(layer, x[:probe_rows], cotangent[:probe_rows])
     rows = batch
     if not full and probe_seconds * batch / probe_rows > case_seconds:
         fitting = int(case_seconds / probe_seconds * probe_rows) // EXTRAPOLATION_STEP * EXTRAPOLATION_STEP
         rows = min(batch, max(probe_rows, fitting))
     estimate = probe_seconds * rows / probe_rows
     repeats = max(1, min(MAX_REPEATS, int(case_seconds / max(estimate, 1e-9))))
-    times = []
-    for _ in range(repeats):
-        seconds, result = _timed_step(layer, x[:rows], cotangent[:rows])
-        times.append(seconds)
-    entry = {"seconds": statistics.median(times) * batch / rows, "repeats": repeats, "rows": rows, "result": result}
-    if rows != batch:
-        entry["extrapolated_from_batch"] = rows
-    return entry
+    return {"rows": rows, "repeats": repeats, "times": [], "result": None}
+
+
+def measure_in_rounds(layers: dict[str, QuantumLayer], x: torch.Tensor, cotangent: torch.Tensor,
+                      case_seconds: float, full: bool) -> dict[str, dict]:
+    """Median step time per backend. The repeats are spread over ROUNDS rounds that visit every backend in turn,
+    so that load from other processes hits all of them alike; each visit starts with WARM_STEPS untimed steps
+    (when cheap) so that the timed steps run warm, as consecutive training steps do. A time measured on fewer
+    rows than the batch is scaled linearly to the batch."""
+    plans = {name: plan(layer, x, cotangent, case_seconds, full) for name, layer in layers.items()}
+    for round_index in range(ROUNDS):
+        for name, entry in plans.items():
+            chunk = math.ceil(entry["repeats"] / ROUNDS)
+            count = min(chunk, entry["repeats"] - len(entry["times"]))
+            if count <= 0:
+                continue
+            rows = entry["rows"]
+            gc.collect()
+            gc.disable()  # as timeit does: no collection of another backend's garbage inside a timed step
+            try:
+                if entry["repeats"] >= ROUNDS:
+                    for _ in range(WARM_STEPS):
+                        _step(layers[name], x[:rows], cotangent[:rows])
+                for _ in range(count):
+                    seconds, entry["result"] = _timed_step(layers[name], x[:rows], cotangent[:rows])
+                    entry["times"].append(seconds)
+            finally:
+                gc.enable()
+    batch = x.shape[0]
+    for entry in plans.values():
+        entry["seconds"] = statistics.median(entry["times"]) * batch / entry["rows"]
+    return plans
 
 
 def _max_abs_diff(reference: tuple, other: tuple, rows: int, same_batch: bool) -> dict[str, float]:
@@ -98,11 +134,11 @@ def run_case(n_qubits: int, n_layers: int, batch: int, case_seconds: float, full
     x = torch.randn(batch, 2**n_qubits, generator=generator)
     cotangent = torch.randn(batch, n_qubits, generator=generator)
     weights = 2 * math.pi * torch.rand(n_layers, n_qubits, 3, generator=generator)
-    entries = {}
+    layers = {}
     for name, kwargs in BACKENDS.items():
-        layer = QuantumLayer(n_qubits, n_layers, **kwargs)
-        layer.load_state_dict({"weights": weights})
-        entries[name] = measure(layer, x, cotangent, case_seconds, full)
+        layers[name] = QuantumLayer(n_qubits, n_layers, **kwargs)
+        layers[name].load_state_dict({"weights": weights})
+    entries = measure_in_rounds(layers, x, cotangent, case_seconds, full)
     torch_entry = entries["torch"]
     case = {
         "n_qubits": n_qubits,
@@ -115,7 +151,7 @@ def run_case(n_qubits: int, n_layers: int, batch: int, case_seconds: float, full
         },
         "max_abs_diff_vs_torch": {},
     }
-    extrapolated = {name: e["extrapolated_from_batch"] for name, e in entries.items() if "extrapolated_from_batch" in e}
+    extrapolated = {name: e["rows"] for name, e in entries.items() if e["rows"] != batch}
     if extrapolated:
         case["extrapolated_from_batch"] = extrapolated
     for name, entry in entries.items():
@@ -135,6 +171,7 @@ def run(case_seconds: float, full: bool, seed: int) -> dict:
         for n_qubits, n_layers in CONFIGS
         for batch in BATCHES
     ]
+    headline = next(c for c in cases if (c["n_qubits"], c["n_layers"], c["batch"]) == (4, 2, 32))
     overall: dict[str, float] = {}
     for case in cases:
         for diffs in case["max_abs_diff_vs_torch"].values():
@@ -143,7 +180,8 @@ def run(case_seconds: float, full: bool, seed: int) -> dict:
     return {
         "benchmark": "quantum_head_forward_backward",
         "loss": "sum(out * cotangent), gradients w.r.t. inputs and weights",
-        "timing": "median seconds per step after one warm-up step on min(batch, 32) rows",
+        "speedup_of_torch": "reference seconds / torch seconds",
+        "timing": "median seconds per step over 5 rounds that visit every backend in turn, warm steps, gc paused",
         "torch_version": torch.__version__,
         "pennylane_version": qml.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -151,6 +189,7 @@ def run(case_seconds: float, full: bool, seed: int) -> dict:
         "processor": platform.processor() or platform.machine(),
         "case_seconds": case_seconds,
         "full": full,
+        "speedup_of_torch_vs_default_qubit_4q_2l_batch32": headline["speedup_of_torch"]["default.qubit"],
         "cases": cases,
         "max_abs_diff_vs_torch": overall,
         "total_seconds": time.perf_counter() - start,
@@ -159,21 +198,21 @@ def run(case_seconds: float, full: bool, seed: int) -> dict:
 
 def print_table(report: dict) -> None:
     names = list(BACKENDS)
-    header = f"{'qubits':>6} {'layers':>6} {'batch':>6} " + " ".join(f"{name + ' ms':>20}" for name in names)
+    header = f"{'qubits':>6} {'layers':>6} {'batch':>6} " + " ".join(f"{name + ' ms':>24}" for name in names)
     print(header + f" {'default/torch':>14} {'lightning/torch':>16}")
     for case in report["cases"]:
         cells = []
         for name in names:
             cell = f"{case['seconds'][name] * 1e3:.3f}"
             if name in case.get("extrapolated_from_batch", {}):
-                cell += f" (x{case['batch'] // case['extrapolated_from_batch'][name]})"
-            cells.append(f"{cell:>20}")
+                cell += f" ({case['extrapolated_from_batch'][name]} rows)"
+            cells.append(f"{cell:>24}")
         ratios = case["speedup_of_torch"]
         print(
             f"{case['n_qubits']:>6} {case['n_layers']:>6} {case['batch']:>6} " + " ".join(cells)
             + f" {ratios['default.qubit']:>14.1f} {ratios['lightning.qubit']:>16.1f}"
         )
-    print("(xK): measured on batch/K samples and scaled linearly")
+    print("(N rows): measured on the first N samples of the batch and scaled linearly")
     print("max |difference| vs torch:", json.dumps(report["max_abs_diff_vs_torch"]))
     print(f"total {report['total_seconds']:.1f} s, torch threads {report['torch_threads']}")
 
@@ -185,9 +224,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="time budget for the repeats of one backend and case (at least one repeat)")
     parser.add_argument("--full", action="store_true", help="measure every batch in full, never extrapolate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
     args = parser.parse_args(argv)
     if not math.isfinite(args.case_seconds) or args.case_seconds <= 0:
         parser.error(f"--case-seconds must be a finite number > 0, got {args.case_seconds}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run(args.case_seconds, args.full, args.seed)
     if args.json:
         json.dump(report, sys.stdout)

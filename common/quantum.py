@@ -18,14 +18,15 @@ with PennyLane's exact conventions:
   state ``k`` with ``bit_i(k) = (k >> (n-1-i)) & 1``.
 
 Zero-row convention (both backends): a row whose squared norm is not larger than the smallest positive normal
-float of its dtype is embedded as the basis state |0...0>, with zero gradient with respect to that row. Non-zero
-rows are embedded exactly as ``qml.AmplitudeEmbedding(x, normalize=True)`` does.
+float of its dtype (``torch.finfo(dtype).tiny``) is embedded as the basis state |0...0>, with zero gradient
+with respect to that row. Other rows are embedded exactly as ``qml.AmplitudeEmbedding(x, normalize=True)`` does.
 
-Simulation (torch backend): since RZ layers are diagonal, layer l acts on a state as
-``psi -> P_l Y_l D(gamma_l) psi`` with ``Y_l = kron_i RY(theta_li)`` real, ``P_l`` the CNOT permutation and
-``D(gamma_l)`` a diagonal phase that collects RZ(phi_l) and the previous layer's RZ(omega_{l-1}) moved through
-``P_{l-1}``. The last layer's RZ(omega) is a phase right before the measurement and cannot change <Z_i>.
-The complex state is kept as two real tensors, so every product is a real matmul.
+Simulation (torch backend): RZ is diagonal, so layer l acts as ``psi -> P_l Y_l D(gamma_l) psi`` with
+``Y_l = kron_i RY(theta_li)`` real, ``P_l`` the CNOT permutation and ``D(gamma_l)`` a diagonal phase that
+collects RZ(phi_l) and the previous layer's RZ(omega_{l-1}) moved through ``P_{l-1}``
+(``P D(a) = D(a[source]) P``). The last layer's RZ(omega) is a phase right before the measurement and cannot
+change <Z_i> (its gradient is exactly 0). The complex state is kept as real [re, im] tensors, so every
+product is a real matmul.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ def _check_positive_int(value: object, name: str) -> int:
     return value
 
 
-def _unit_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(a, s): a = x * s + [rows with ||x||^2 <= tiny] * e_0 and s = 1/||x|| (0 on those rows), shape (B, 1)."""
+def _unit_rows(x: Tensor, ground_state: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, s) with a = x * s, or ground_state on rows with ||x||^2 <= tiny, and s = 1/||x|| (0 there), (B, 1)."""
     squared_norm = (x * x).sum(dim=-1, keepdim=True)
     tiny = torch.finfo(x.dtype).tiny
     is_zero = squared_norm <= tiny
     # The clamp keeps rsqrt (and its derivative) finite on the rows the where discards.
     inverse_norm = torch.where(is_zero, 0.0, squared_norm.clamp_min(tiny).rsqrt())
-    return x * inverse_norm + nn.functional.pad(is_zero.to(x.dtype), (0, x.shape[-1] - 1)), inverse_norm
+    return torch.where(is_zero, ground_state, x * inverse_norm), inverse_norm
 
 
 def normalized_amplitudes(x: Tensor) -> Tensor:
@@ -69,14 +70,9 @@ def normalized_amplitudes(x: Tensor) -> Tensor:
 
     Neither the value nor the gradient can be NaN; the gradient with respect to a zero row is exactly zero.
     """
-    return _unit_rows(x)[0]
-
-
-def ry_matrices(theta: Tensor) -> Tensor:
-    """Real ``RY(theta) = [[cos(theta/2), -sin(theta/2)], [sin(theta/2), cos(theta/2)]]``: (...) -> (..., 2, 2)."""
-    cos_half = torch.cos(theta * 0.5)
-    sin_half = torch.sin(theta * 0.5)
-    return torch.stack((cos_half, -sin_half, sin_half, cos_half), dim=-1).reshape(theta.shape + (2, 2))
+    ground_state = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+    ground_state[0] = 1.0
+    return _unit_rows(x, ground_state)[0]
 
 
 def cnot_ranges(n_qubits: int, n_layers: int) -> tuple[int, ...]:
@@ -113,9 +109,10 @@ def pauli_z_signs(n_qubits: int) -> Tensor:
 
 
 def ry_factor_index(n_qubits: int, n_layers: int, first_wire: int, n_wires: int) -> Tensor:
-    """LongTensor (L, 2^g, 2^g, g), g = n_wires: index[l, j, k, t] = 4 (l n + first_wire + t) + 2 j_t + k_t, where j_t
-    is bit t of j (most significant first), so that kron_t RY(theta_(l, first_wire+t))[j, k] = prod_t F[index[l, j, k, t]]
-    with F[4 (l n + i): 4 (l n + i) + 4] = (cos, -sin, sin, cos)(theta_li / 2), the row-major entries of RY(theta_li).
+    """LongTensor (L, 2^g, 2^g, g), g = n_wires: index[l, j, k, t] = 4 (l n + first_wire + t) + 2 j_t + k_t, where
+    j_t is bit t of j (most significant first), so that
+    kron_t RY(theta_(l, first_wire+t))[j, k] = prod_t F[index[l, j, k, t]] with
+    F[4 (l n + i): 4 (l n + i) + 4] = (cos, -sin, sin, cos)(theta_li / 2), the row-major entries of RY(theta_li).
     """
     basis = torch.arange(2**n_wires)
     bits = (basis[:, None] >> torch.arange(n_wires - 1, -1, -1)) & 1
@@ -125,63 +122,99 @@ def ry_factor_index(n_qubits: int, n_layers: int, first_wire: int, n_wires: int)
 
 @dataclass(frozen=True)
 class CircuitTables:
-    """Weight-independent tables of an (n_qubits, n_layers) circuit, D = 2^n.
+    """Weight-independent tables of an (n_qubits, n_layers) circuit, D = 2^n; sizes O(n D + L D) except the RY
+    factor index (see below).
 
-    source (L, D) long: (C_l psi)[j] = psi[source[l, j]].
-    angle_matrix (L*D + 4*L*n, 3*L*n), angle_offset (L*D + 4*L*n): angle_matrix @ weights.flatten() + angle_offset
-      stacks (1) gamma (L, D), the phase angles of D(gamma_l): gamma_l[k] = -1/2 sum_i (phi_li z_i(k) +
-      omega_(l-1)i z_i(source[l-1, k])), and (2) theta_li / 2 + (0, pi/2, -pi/2, 0), whose cosines are the RY
-      entries F = (cos, -sin, sin, cos)(theta_li / 2).
-    z_signs (D, n): z_i(k). flip_index (D, n) long: flip_i(k) * D + k, where flip_i toggles wire i's bit.
+    angle_matrix (3n, 6D + 4n), angle_offset (6D + 4n): for layer l, ``w[l].flatten() @ angle_matrix + angle_offset``
+      is [a(phi_l) + pi/2, a(phi_l), -a(phi_l), a(omega_l), a(omega_l), -a(omega_l), theta_li / 2 + s] with
+      a(v)[k] = -1/2 sum_i v_i z_i(k), the phase angles of kron_i RZ(v_i), and s = (pi/2, pi, 0, pi/2) per wire,
+      so that sines give [cos, sin, -sin](a) and the RY entries F = (cos, -sin, sin, cos)(theta_li / 2).
+      The phase of layer l is gamma_l = a(phi_l) + a(omega_(l-1))[source_(l-1)], since P D(a) = D(a[source]) P.
+    omega_source, omega_target (3 (L-1) D) long: flat positions in that (L, 6D + 4n) product of the
+      [cos, sin, -sin]-rows of a(omega_l)[source_l] and of layer l+1's phase rows they are added to.
+    gamma_adjoint (2D, 3n): [dL/dgamma_l, dL/da(omega_l)] @ gamma_adjoint = dL/dw[l] from the phases.
+    source, inverse_source (L, D) long: (C_l psi)[j] = psi[source[l, j]], and the inverse permutation.
+    z_signs (D, n): z_i(k); z_signs_t2 (n, D) = 2 z^T; z_half (D, n) = z / 2.
+    flip_index (D n) long: entry (k, i) is flip_i(k) * D + k, where flip_i toggles wire i's bit.
+    ground_state (D): e_0.
     high_factor_index / low_factor_index (L, d, d, g) long: kron of RY over the first h / last n-h wires of each
-      layer as prod_t F[index[l, j, k, t]] (see ry_factor_index); h = n // 2 for n > 5, else 0 and then the
-      low index already has its rows permuted by source, so it gives P_l Y_l directly.
+      layer as prod_t sin(product)[index[l, j, k, t]] (ry_factor_index, mapped to the flat positions of the RY
+      entries); h = n // 2 for n > 5 (sizes O(L 2^n n)), else 0, and then the low index has its rows permuted by
+      source already, so it gives P_l Y_l directly.
     """
 
-    source: Tensor
     angle_matrix: Tensor
     angle_offset: Tensor
+    omega_source: Tensor
+    omega_target: Tensor
+    gamma_adjoint: Tensor
+    source: Tensor
+    inverse_source: Tensor
     z_signs: Tensor
+    z_signs_t2: Tensor
+    z_half: Tensor
     flip_index: Tensor
+    ground_state: Tensor
     high_factor_index: Tensor
     low_factor_index: Tensor
 
     @staticmethod
     def build(n_qubits: int, n_layers: int) -> CircuitTables:
+        """All tables in float64 (float) and int64 (index) on the CPU."""
         dim = 2**n_qubits
         source = cnot_source_indices(n_qubits, n_layers)
         z_signs = pauli_z_signs(n_qubits)
-        phase = torch.zeros(n_layers, dim, n_layers, n_qubits, 3, dtype=torch.float64)
-        half_theta = torch.zeros(n_layers, n_qubits, 4, n_layers, n_qubits, 3, dtype=torch.float64)
-        for layer in range(n_layers):
-            phase[layer, :, layer, :, 0] = -0.5 * z_signs
-            if layer > 0:
-                # P D(a) = D(a[source]) P: the previous layer's RZ(omega) phase, after its CNOTs.
-                phase[layer, :, layer - 1, :, 2] = -0.5 * z_signs[source[layer - 1]]
-            for wire in range(n_qubits):
-                half_theta[layer, wire, :, layer, wire, 1] = 0.5
-        shifts = torch.tensor([0.0, math.pi / 2, -math.pi / 2, 0.0], dtype=torch.float64)
-        angle_matrix = torch.cat((phase.reshape(n_layers * dim, -1), half_theta.reshape(4 * n_layers * n_qubits, -1)))
-        angle_offset = torch.cat((torch.zeros(n_layers * dim, dtype=torch.float64), shifts.repeat(n_layers * n_qubits)))
+        half_z = -0.5 * z_signs.mT  # (n, D): a(v) = v @ half_z
+        angle_matrix = torch.zeros(n_qubits, 3, 6 * dim + 4 * n_qubits, dtype=torch.float64)
+        for slot, start in ((0, 0), (2, 3 * dim)):  # phi -> first three blocks, omega -> next three
+            angle_matrix[:, slot, start : start + dim] = half_z
+            angle_matrix[:, slot, start + dim : start + 2 * dim] = half_z
+            angle_matrix[:, slot, start + 2 * dim : start + 3 * dim] = -half_z
+        for wire in range(n_qubits):
+            angle_matrix[wire, 1, 6 * dim + 4 * wire : 6 * dim + 4 * wire + 4] = 0.5
+        half_pi = math.pi / 2
+        angle_offset = torch.zeros(6 * dim + 4 * n_qubits, dtype=torch.float64)
+        angle_offset[:dim] = half_pi
+        angle_offset[6 * dim :] = torch.tensor([half_pi, math.pi, 0.0, half_pi], dtype=torch.float64).repeat(n_qubits)
+        gamma_adjoint = torch.zeros(2, dim, n_qubits, 3, dtype=torch.float64)
+        gamma_adjoint[0, :, :, 0] = half_z.mT
+        gamma_adjoint[1, :, :, 2] = half_z.mT
         basis = torch.arange(dim)[:, None]
         flip_index = (basis ^ (1 << torch.arange(n_qubits - 1, -1, -1))) * dim + basis
+        ground_state = torch.zeros(dim, dtype=torch.float64)
+        ground_state[0] = 1.0
+        # Flat positions in the (L, 6D + 4n) product: omega blocks of layers 0..L-2 permuted by their source,
+        # the phase blocks of layers 1..L-1 they are added to, and the RY entries.
+        row_width = 6 * dim + 4 * n_qubits
+        rows = torch.arange(n_layers - 1)[:, None, None] * row_width
+        blocks = torch.arange(3)[None, :, None] * dim
+        omega_source = rows + 3 * dim + blocks + source[:-1, None, :]
+        omega_target = rows + row_width + blocks + torch.arange(dim)
+        ry_positions = (torch.arange(n_layers)[:, None] * row_width + 6 * dim + torch.arange(4 * n_qubits)).reshape(-1)
         high = n_qubits // 2 if n_qubits > 5 else 0
-        low_index = ry_factor_index(n_qubits, n_layers, high, n_qubits - high)
+        low_index = ry_positions[ry_factor_index(n_qubits, n_layers, high, n_qubits - high)]
         if high == 0:
             low_index = low_index.gather(1, source[:, :, None, None].expand_as(low_index))
         return CircuitTables(
-            source,
-            angle_matrix,
-            angle_offset,
-            z_signs,
-            flip_index,
-            ry_factor_index(n_qubits, n_layers, 0, high),
-            low_index,
+            angle_matrix=angle_matrix.reshape(3 * n_qubits, -1),
+            angle_offset=angle_offset,
+            omega_source=omega_source.reshape(-1),
+            omega_target=omega_target.reshape(-1),
+            gamma_adjoint=gamma_adjoint.reshape(2 * dim, 3 * n_qubits),
+            source=source,
+            inverse_source=torch.argsort(source, dim=1),
+            z_signs=z_signs,
+            z_signs_t2=2 * z_signs.mT.contiguous(),
+            z_half=0.5 * z_signs,
+            flip_index=flip_index.reshape(-1),
+            ground_state=ground_state,
+            high_factor_index=ry_positions[ry_factor_index(n_qubits, n_layers, 0, high)],
+            low_factor_index=low_index,
         )
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> CircuitTables:
+    def to(self, device: torch.device, dtype: torch.dtype) -> CircuitTables:
         """These tables on ``device`` with float tables in ``dtype`` (self when already there)."""
-        if self.z_signs.device == torch.device(device) and self.z_signs.dtype == dtype:
+        if self.z_signs.dtype == dtype and self.z_signs.device == device:
             return self
         moved = {}
         for field in fields(self):
@@ -192,8 +225,22 @@ class CircuitTables:
 
 @lru_cache(maxsize=32)
 def circuit_tables(n_qubits: int, n_layers: int) -> CircuitTables:
-    """Cached CPU tables (float32) for the functional API."""
-    return CircuitTables.build(n_qubits, n_layers).to("cpu", torch.float32)
+    """Cached CPU float64 tables for the functional API (cast to the compute dtype by simulate_expvals)."""
+    return CircuitTables.build(n_qubits, n_layers)
+
+
+def _layer_trig(weights: Tensor, tables: CircuitTables) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """cos(gamma) (L, 1, D), [sin; -sin](gamma) (L, 2, 1, D), [cos; sin](gamma_0) (2, 1, D), and the flat sines
+    (L (6D + 4n)) whose RY-entry positions the factor indices address."""
+    n_layers = weights.shape[0]
+    dim = tables.ground_state.shape[0]
+    pre = torch.addmm(tables.angle_offset, weights.reshape(n_layers, -1), tables.angle_matrix).view(-1)
+    if n_layers > 1:
+        # Add a(omega_(l-1))[source_(l-1)] to layer l's phase entries (in place: addmm saves no output).
+        pre.index_add_(0, tables.omega_target, pre.index_select(0, tables.omega_source))
+    flat = torch.sin(pre)
+    phases = flat.view(n_layers, -1)[:, : 3 * dim].view(n_layers, 3, 1, dim)  # rows cos, sin, -sin
+    return phases[:, 0], phases[:, 1:], phases[0, :2], flat
 
 
 class _FusedExpvals(torch.autograd.Function):
@@ -204,81 +251,81 @@ class _FusedExpvals(torch.autograd.Function):
     Backward, with d = dL/dRe + i dL/dIm of a complex tensor and g = dL/dout:
     d_L = 2 (g Z^T) psi_L; du_l = d_(l+1) Yhat_l; dYhat_l = Re(d_(l+1))^T Re(u_l) + Im(...)^T Im(...);
     dgamma_l = sum_b (Im(du_l) Re(u_l) - Re(du_l) Im(u_l)); d_l = du_l exp(-i gamma_l); da = Re(d_0);
-    dw = phase_matrix^T dgamma, plus dtheta_li = 1/2 <dY_l, Y_l J_i> since dRY/dtheta = RY J / 2 with
-    J = [[0, -1], [1, 0]] on wire i, i.e. dtheta_li = 1/2 sum_k (Y_l^T dY_l)[flip_i(k), k] z_i(k);
+    dw from dgamma through gamma_adjoint, plus dtheta_li = 1/2 <dY_l, Y_l J_i> since dRY/dtheta = RY J / 2 with
+    J = [[0, -1], [1, 0]] on wire i, i.e. dtheta_li = 1/2 sum_k (Y_l^T dY_l)[flip_i(k), k] z_i(k), where
+    Y_l^T dY_l = Yhat_l^T dYhat_l (P_l is a permutation) = Yhat_l^T d_(l+1)^T u_l = du_l^T u_l;
     dx = s (da - a <a, da>) with s = 1/||x|| (0 for zero rows).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weights: Tensor, tables: CircuitTables) -> Tensor:  # noqa: D102
         n_layers = weights.shape[0]
-        batch, dim = x.shape
-        amplitudes, inverse_norm = _unit_rows(x)
-        angles = torch.addmv(tables.angle_offset, tables.angle_matrix, weights.reshape(-1))
-        cosines = torch.cos(angles)
-        cos = cosines[: n_layers * dim].view(n_layers, 1, dim)
-        sin = torch.sin(angles[: n_layers * dim]).view(n_layers, 1, dim)
-        signed_sin = torch.cat((-sin, sin), dim=1).unsqueeze(2)  # (L, 2, 1, D): [-sin; sin]
-        blocks = _permuted_ry_blocks(cosines[n_layers * dim :], tables)
-        cos_l, signed_sin_l, blocks_l = cos.unbind(0), signed_sin.unbind(0), blocks.unbind(0)
-        state = amplitudes * torch.cat((cos_l[0], sin[0])).unsqueeze(1)  # u_0: (2, B, D)
+        amplitudes, inverse_norm = _unit_rows(x, tables.ground_state)
+        cos, sin_pm, first, sines = _layer_trig(weights, tables)
+        blocks = _permuted_ry_blocks(sines, tables)
+        blocks_t, cos_l, sin_pm_l = blocks.mT.unbind(0), cos.unbind(0), sin_pm.unbind(0)
+        state = amplitudes * first  # u_0: (2, B, D)
         phased = [state]
         for layer in range(n_layers):
             if layer > 0:
-                state = state * cos_l[layer] + state.flip(0) * signed_sin_l[layer]
+                # u = psi exp(i gamma): [re c - im s, im c + re s] = psi * c - flip(psi) * [s; -s].
+                state = torch.addcmul(state * cos_l[layer], state.flip(0), sin_pm_l[layer], value=-1)
                 phased.append(state)
-            state = (state.view(2 * batch, dim) @ blocks_l[layer].mT).view(2, batch, dim)
-        ctx.save_for_backward(amplitudes, inverse_norm, cos, signed_sin, blocks, state, torch.stack(phased))
+            state = state @ blocks_t[layer]
+        ctx.save_for_backward(amplitudes, inverse_norm, cos, sin_pm, blocks, state, torch.stack(phased))
         ctx.tables = tables
         return state.square().sum(dim=0) @ tables.z_signs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):  # noqa: D102
-        amplitudes, inverse_norm, cos, signed_sin, blocks, final, phased = ctx.saved_tensors
+        amplitudes, inverse_norm, cos, sin_pm, blocks, final, phased = ctx.saved_tensors
         tables: CircuitTables = ctx.tables
         n_layers, dim = blocks.shape[:2]
+        blocks_l, cos_l, sin_pm_l = blocks.unbind(0), cos.unbind(0), sin_pm.unbind(0)
+        phased_l = phased.unbind(0)
+        need_weights = ctx.needs_input_grad[1]
         rows = 2 * amplitudes.shape[0]
-        cos_l, signed_sin_l, blocks_l = cos.unbind(0), signed_sin.unbind(0), blocks.unbind(0)
-        delta = (grad_out @ tables.z_signs.mT) * final * 2
-        deltas, grad_us = [], []
+        delta = (grad_out @ tables.z_signs_t2) * final
+        overlaps, grad_us = [], []
         for layer in range(n_layers - 1, -1, -1):
-            deltas.append(delta)
-            grad_u = (delta.view(rows, dim) @ blocks_l[layer]).view(delta.shape)
-            grad_us.append(grad_u)
-            # d_l = du * exp(-i gamma): [re c + im s, im c - re s] = du * c - flip(du) * [-s; s].
-            delta = grad_u * cos_l[layer] - grad_u.flip(0) * signed_sin_l[layer]
+            grad_u = delta @ blocks_l[layer]
+            if need_weights:
+                # Yhat^T dYhat = Yhat^T d^T u = du^T u (re and im rows together); one mm per layer rather than a
+                # bmm, whose thread pool stalls on a busy machine.
+                overlaps.append(grad_u.view(rows, dim).mT @ phased_l[layer].view(rows, dim))
+                grad_us.append(grad_u)
+            # d_l = du * exp(-i gamma): [re c + im s, im c - re s] = du * c + flip(du) * [s; -s].
+            delta = torch.addcmul(grad_u * cos_l[layer], grad_u.flip(0), sin_pm_l[layer])
         grad_x = grad_weights = None
         if ctx.needs_input_grad[0]:
             grad_a = delta[0]
-            grad_x = inverse_norm * (grad_a - amplitudes * (amplitudes * grad_a).sum(dim=-1, keepdim=True))
-        if ctx.needs_input_grad[1]:
-            flat_phased = phased.view(n_layers, rows, dim)
-            grad_blocks = torch.stack(deltas[::-1]).view(n_layers, rows, dim).mT @ flat_phased
-            # Rows [sum_b du_im u_re, sum_b du_re u_im] per layer.
+            grad_x = (grad_a - amplitudes * (amplitudes * grad_a).sum(dim=-1, keepdim=True)) * inverse_norm
+        if need_weights:
+            # cross[l] = [sum_b du_im u_re, sum_b du_re u_im]; dgamma = cross[:, 0] - cross[:, 1].
             cross = (torch.stack(grad_us[::-1]).flip(1) * phased).sum(dim=2)
-            grad_gamma = cross[:, 0] - cross[:, 1]
-            # Yhat = P Y with P a permutation, so Y^T dY = Yhat^T dYhat.
-            overlap = (blocks.mT @ grad_blocks).view(n_layers, dim * dim)
-            grad_theta = (overlap.index_select(1, tables.flip_index.view(-1)).view(n_layers, dim, -1)
-                          * tables.z_signs).sum(dim=1) * 0.5
-            phase_matrix = tables.angle_matrix[: n_layers * dim]
-            grad_weights = (phase_matrix.mT @ grad_gamma.view(-1)).view(n_layers, -1, 3)
-            grad_weights[..., 1] += grad_theta
+            grad_gamma = torch.sub(*cross.unbind(1))
+            # a(omega_l) enters gamma_(l+1) permuted by source_l: undo it with the inverse permutation.
+            grad_omega = nn.functional.pad(grad_gamma[1:].gather(1, tables.inverse_source[:-1]), (0, 0, 0, 1))
+            grad_phases = torch.cat((grad_gamma, grad_omega), dim=1)
+            grad_weights = (grad_phases @ tables.gamma_adjoint).view(n_layers, -1, 3)
+            overlap = torch.stack(overlaps[::-1]).view(n_layers, dim * dim)
+            picked = overlap.index_select(1, tables.flip_index).view(n_layers, dim, -1)
+            grad_weights[..., 1] += (picked * tables.z_half).sum(dim=1)
         return grad_x, grad_weights, None
 
 
-def _factor_products(factors: Tensor, index: Tensor) -> Tensor:
-    """(L, d, d): prod_t factors[index[l, j, k, t]] (index_select is cheaper than advanced indexing)."""
-    return factors.index_select(0, index.view(-1)).view(index.shape).prod(dim=-1)
+def _factor_products(sines: Tensor, index: Tensor) -> Tensor:
+    """(L, d, d): prod_t sines[index[l, j, k, t]] (index_select is cheaper than advanced indexing)."""
+    return sines.index_select(0, index.view(-1)).view(index.shape).prod(dim=-1)
 
 
-def _permuted_ry_blocks(factors: Tensor, tables: CircuitTables) -> Tensor:
-    """Real (L, D, D): P_l kron_i RY(theta_li) from the flat RY entries ``factors`` (see CircuitTables)."""
-    blocks = _factor_products(factors, tables.low_factor_index)
+def _permuted_ry_blocks(sines: Tensor, tables: CircuitTables) -> Tensor:
+    """Real (L, D, D): P_l kron_i RY(theta_li) from the flat sines of _layer_trig (see CircuitTables)."""
+    blocks = _factor_products(sines, tables.low_factor_index)
     if tables.high_factor_index.shape[-1] == 0:
         return blocks  # rows already permuted by the index
-    high = _factor_products(factors, tables.high_factor_index)
+    high = _factor_products(sines, tables.high_factor_index)
     n_layers, size = high.shape[0], high.shape[-1] * blocks.shape[-1]
     kron = (high[:, :, None, :, None] * blocks[:, None, :, None, :]).reshape(n_layers, size, size)
     return kron.gather(1, tables.source[:, :, None].expand_as(kron))
@@ -288,20 +335,18 @@ def _expvals_gatewise(x: Tensor, weights: Tensor, tables: CircuitTables) -> Tens
     """Same circuit through autograd, one 2x2 RY mixing per wire: memory O(B 2^n) instead of O(4^n)."""
     n_layers, n_qubits = weights.shape[:2]
     batch = x.shape[0]
-    dim = x.shape[1]
-    gamma = (tables.angle_matrix[: n_layers * dim] @ weights.reshape(-1)).view(n_layers, 1, dim)
-    cos, sin = torch.cos(gamma), torch.sin(gamma)
-    signed_sin = torch.cat((-sin, sin), dim=1)[:, :, None, :]
-    ry = ry_matrices(weights[..., 1])
-    state = normalized_amplitudes(x)[None] * torch.stack((cos[0], sin[0]))
+    cos, sin_pm, first, sines = _layer_trig(weights, tables)
+    dim = tables.ground_state.shape[0]
+    ry = sines.view(n_layers, -1)[:, 6 * dim :].reshape(n_layers, n_qubits, 4)  # (cos, -sin, sin, cos)(theta / 2)
+    state = _unit_rows(x, tables.ground_state)[0] * first
     for layer in range(n_layers):
         if layer > 0:
-            state = state * cos[layer] + state.flip(0) * signed_sin[layer]
+            state = state * cos[layer] - state.flip(0) * sin_pm[layer]
         for wire in range(n_qubits):
             # Axes (re/im x batch, wires before, this wire, wires after); wire 0 is the most significant bit.
             split = state.reshape(2 * batch, 2**wire, 2, 2 ** (n_qubits - 1 - wire))
             low, high = split[:, :, 0], split[:, :, 1]
-            cos_half, sin_half = ry[layer, wire, 0, 0], ry[layer, wire, 1, 0]
+            cos_half, sin_half = ry[layer, wire, 0], ry[layer, wire, 2]
             state = torch.stack((cos_half * low - sin_half * high, sin_half * low + cos_half * high), dim=2)
         state = state.reshape(2, batch, -1)[..., tables.source[layer]]
     return state.square().sum(dim=0) @ tables.z_signs
@@ -314,7 +359,7 @@ def simulate_expvals(
 
     Computes in the promoted real dtype of x and weights (float32 in, float32 out). ``method``: "fused" (one
     real 2^n x 2^n matmul per layer, hand-written backward), "gatewise" (2x2 mixing per wire through autograd)
-    or "auto" (fused for n <= FUSED_MAX_QUBITS). ``tables``: precomputed CircuitTables on x's device.
+    or "auto" (fused for n <= FUSED_MAX_QUBITS). ``tables``: CircuitTables, cast here to x's device and dtype.
     """
     n_layers, n_qubits = weights.shape[:2]
     dtype = torch.promote_types(x.dtype, weights.dtype)
@@ -364,7 +409,8 @@ class QuantumLayer(nn.Module):
     input's precision (float32 in, float32 out). backend="pennylane": a PennyLane QNode on ``device``
     (default.qubit, lightning.qubit, lightning.gpu) with diff_method "backprop" (default.qubit) or "adjoint"
     (lightning.*) unless given; it runs in float64 and returns the input's dtype. ``device`` and ``diff_method``
-    only concern the pennylane backend.
+    only concern the pennylane backend. The torch backend's hand-written backward gives first-order gradients
+    only (no double backward).
     """
 
     def __init__(
@@ -431,9 +477,13 @@ class QuantumLayer(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"input must be a floating-point tensor, got dtype {x.dtype}")
+        weights = self.weights
         if self.backend == "torch":
-            tables = self._current_tables(torch.promote_types(x.dtype, self.weights.dtype))
-            return simulate_expvals(x, self.weights, "auto", tables)
+            dtype = torch.promote_types(x.dtype, weights.dtype)
+            tables = self._current_tables(dtype)
+            if self.n_qubits <= FUSED_MAX_QUBITS:
+                return _FusedExpvals.apply(x.to(dtype), weights.to(dtype), tables)
+            return _expvals_gatewise(x.to(dtype), weights.to(dtype), tables)
         # Re-normalising inside the QNode is idempotent on unit rows and keeps PennyLane's own embedding.
-        outputs = self._circuit(normalized_amplitudes(x).to(torch.float64), self.weights.to(torch.float64))
+        outputs = self._circuit(normalized_amplitudes(x).to(torch.float64), weights.to(torch.float64))
         return torch.stack([out.reshape(x.shape[0]) for out in outputs], dim=-1).to(x.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pennylane as qml
@@ -103,6 +104,14 @@ def test_gatewise_simulation_matches_pennylane(n_qubits: int, n_layers: int) -> 
         torch.testing.assert_close(got.detach().to(torch.float64), want, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize(("n_qubits", "n_layers"), [(10, 1), (11, 1)])
+def test_torch_backend_at_the_fused_limit_and_beyond_matches_pennylane(n_qubits: int, n_layers: int) -> None:
+    # FUSED_MAX_QUBITS = 10 is the largest dense-block circuit; 11 qubits take the wire-by-wire path.
+    x, weights, cotangent = random_case(n_qubits, n_layers, seed=n_qubits)
+    layer = make_layer(n_qubits, n_layers, weights)
+    assert_matches_reference(layer, x[:2], weights, cotangent[:2])
+
+
 @pytest.mark.parametrize(("n_qubits", "n_layers"), PENNYLANE_CASES)
 def test_pennylane_backend_matches_reference(n_qubits: int, n_layers: int) -> None:
     x, weights, cotangent = random_case(n_qubits, n_layers, seed=11 * n_qubits + n_layers)
@@ -119,22 +128,32 @@ def test_lightning_backend_matches_reference(n_qubits: int, n_layers: int) -> No
     assert_matches_reference(layer, x, weights, cotangent)
 
 
-@pytest.mark.parametrize("backend", ["torch", "pennylane"])
-def test_zero_row_maps_to_ground_state_with_finite_gradients(backend: str) -> None:
+def outputs_and_grads(path: str, x: torch.Tensor, weights: torch.Tensor, cotangent: torch.Tensor):
+    """Outputs and gradients through the torch backend, the pennylane backend or the gatewise simulation."""
+    if path == "gatewise":
+        x = x.detach().clone().requires_grad_(True)
+        w = weights.detach().clone().requires_grad_(True)
+        out = simulate_expvals(x, w, method="gatewise")
+        return (out.detach(), *torch.autograd.grad((out * cotangent).sum(), (x, w)))
+    layer = make_layer(weights.shape[1], weights.shape[0], weights, backend=path)
+    return layer_outputs_and_grads(layer, x, cotangent)
+
+
+@pytest.mark.parametrize("path", ["torch", "pennylane", "gatewise"])
+def test_zero_row_acts_as_ground_state_with_zero_input_gradient(path: str) -> None:
     n_qubits, n_layers = 3, 2
     x, weights, cotangent = random_case(n_qubits, n_layers, seed=5)
     x[1] = 0.0
-    layer = make_layer(n_qubits, n_layers, weights, backend=backend)
-    out, grad_x, grad_w = layer_outputs_and_grads(layer, x, cotangent)
+    out, grad_x, grad_w = outputs_and_grads(path, x, weights, cotangent)
     assert torch.isfinite(out).all() and torch.isfinite(grad_x).all() and torch.isfinite(grad_w).all()
     assert torch.equal(grad_x[1], torch.zeros_like(grad_x[1]))
-    # The zero row behaves as the basis state |000>; the other rows are untouched by it.
-    ground = torch.zeros(1, 2**n_qubits)
-    ground[0, 0] = 1.0
-    expected_ground = reference_outputs_and_grads(ground, weights, cotangent[1:2])[0]
-    expected_rest = reference_outputs_and_grads(x[[0, 2]], weights, cotangent[[0, 2]])[0]
-    torch.testing.assert_close(out[1:2].double(), expected_ground, atol=ATOL, rtol=0)
-    torch.testing.assert_close(out[[0, 2]].double(), expected_rest, atol=ATOL, rtol=0)
+    # Outputs and weight gradients are those of the batch with |000> in place of the zero row.
+    with_ground = x.clone()
+    with_ground[1, 0] = 1.0
+    expected_out, expected_grad_x, expected_grad_w = reference_outputs_and_grads(with_ground, weights, cotangent)
+    torch.testing.assert_close(out.double(), expected_out, atol=ATOL, rtol=0)
+    torch.testing.assert_close(grad_w.double(), expected_grad_w, atol=ATOL, rtol=0)
+    torch.testing.assert_close(grad_x[[0, 2]].double(), expected_grad_x[[0, 2]], atol=ATOL, rtol=0)
 
 
 def test_all_zero_batch_gives_finite_output_and_zero_input_gradient() -> None:
@@ -221,6 +240,16 @@ def test_initialisation_is_seeded_small_normal() -> None:
     # 1200 draws of N(0, 0.1^2): the sample std is within 5 standard errors (~0.01) of 0.1.
     assert 0.09 < weights.std().item() < 0.11
     assert abs(weights.mean().item()) < 0.015
+
+
+def test_deep_copy_and_dtype_moves_keep_outputs() -> None:
+    layer = QuantumLayer(3, 2, init_scale=1.0, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(7))
+    expected = layer(x)
+    torch.testing.assert_close(copy.deepcopy(layer)(x), expected, atol=0, rtol=0)
+    doubled = layer.double()(x.double())
+    assert doubled.dtype == torch.float64
+    torch.testing.assert_close(doubled.float(), expected, atol=1e-6, rtol=0)
 
 
 def test_state_dict_round_trip_between_backends() -> None:
