@@ -43,7 +43,7 @@ def load_dataset(cfg: RunConfig, node: NodeConfig | None = None) -> PTBXLData:
     root = data_root(cfg, node)
     key = (str(root.resolve()), cfg.sampling_rate)
     if key not in _LOADED:
-        _LOADED[key] = load_ptbxl(root, cfg.sampling_rate, verbose=False)
+        _LOADED[key] = load_ptbxl(root, cfg.sampling_rate, verbose=True)  # progress only while parsing WFDB once
     return _LOADED[key]
 
 
