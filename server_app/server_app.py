@@ -110,8 +110,10 @@ def main(grid: Grid, context: Context) -> None:
     if options.freezing:
         freezer = EMALayerFreezer(alpha=cfg.freeze_ema_alpha, threshold=cfg.freeze_threshold,
                                   never_freeze=QUANTUM_LAYERS & set(layers))
-        freezer.observe({layer: np.concatenate([v.ravel() for n, v in initial.items() if n.split(".")[0] == layer])
-                         for layer in layers if layer not in options.encrypted_layers})
+        plain_layers = [layer for layer in layers if layer not in options.encrypted_layers]
+        if plain_layers:  # the reference for the server's own scores; encrypted layers are scored by a client
+            freezer.observe({layer: np.concatenate([v.ravel() for n, v in initial.items() if n.split(".")[0] == layer])
+                             for layer in plain_layers})
 
     accountant = PrivacyAccountant(cfg.dp_epsilon, cfg.dp_delta) if options.weighting == "dp-softmax" else None
     recorder = RunRecorder(folder, cfg.as_flat_dict(), extra={

@@ -286,7 +286,7 @@ class LayerwiseStrategy(Strategy):
             plain[layer] = np.concatenate([self.global_plain[n].ravel() for n in names])
         # encrypted layers: the evaluator decrypted them and reported their RMS change
         scores = {k.removeprefix("delta-rms-"): float(v) for k, v in metrics.items() if k.startswith("delta-rms-")}
-        newly = self.freezer.observe(plain) | self.freezer.observe_scores(scores)
+        newly = (self.freezer.observe(plain) if plain else set()) | self.freezer.observe_scores(scores)
         self.frozen |= set(newly)
         current.layer_scores = {"ema": dict(self.freezer.ema), "score": dict(self.freezer.scores)}
         if newly:

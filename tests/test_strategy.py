@@ -43,8 +43,8 @@ def contexts():
     return secret, load_public_context(public_context_bytes(secret))
 
 
-def make_strategy(strategy: str, contexts, freezer=None, min_clients=2, rounds=5):
-    cfg = RunConfig(strategy=strategy, min_clients=min_clients, num_server_rounds=rounds)
+def make_strategy(strategy: str, contexts, freezer=None, min_clients=2, rounds=5, he_layers="fc"):
+    cfg = RunConfig(strategy=strategy, min_clients=min_clients, num_server_rounds=rounds, he_layers=he_layers)
     model = build_model(cfg)
     layers = model.layer_names()
     options = options_for(cfg, layers)
@@ -235,3 +235,19 @@ def test_frozen_layer_is_left_off_the_wire_and_quantum_never_freezes(contexts):
                for m in strategy.configure_train(6, ArrayRecord(), ConfigRecord(), FakeGrid()))
     cfg = list(strategy.configure_train(7, ArrayRecord(), ConfigRecord(), FakeGrid()))[0].content["config"]
     assert cfg["frozen-layers"] == ["conv1"]
+
+
+def test_all_layers_encrypted_freeze_from_client_reported_scores(contexts):
+    """With he-layers=all the server sees no plaintext: freezing runs on the evaluator's RMS changes."""
+    secret = contexts[0]
+    freezer = EMALayerFreezer(alpha=0.9, threshold=1e-3, never_freeze=QUANTUM_LAYERS)
+    strategy, initial = make_strategy("adeptheq", contexts, freezer=freezer, he_layers="all")
+    assert strategy.opt.encrypted_layers == set(strategy.layers) and strategy.global_plain == {}
+    requests = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    replies = [client_reply(strategy, m, perturbed(initial, i + 1), 20, secret, 0.8) for i, m in enumerate(requests)]
+    strategy.aggregate_train(1, replies)
+    ev = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), FakeGrid()))[0]
+    scores = {f"delta-rms-{layer}": (0.0 if layer in ("conv1", "quantum") else 0.05) for layer in strategy.layers}
+    strategy.aggregate_evaluate(1, [_evaluate_reply(strategy, ev, {"val-accuracy": 0.5, **scores})])
+    assert strategy.frozen == {"conv1"}
+    assert "conv1" not in strategy.encrypted_packing() and "quantum" in strategy.encrypted_packing()
