@@ -15,7 +15,6 @@ each encrypted layer, which only a key holder can compute.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,13 @@ from flwr.clientapp import ClientApp
 from common.ckks import PackedDecryptor, PackedEncryptor
 from common.config import NodeConfig, RunConfig
 from common.keys import ensure_simulation_keys, load_client_context
-from common.model import ECGNet, build_model, flatten_layers, layer_of, load_arrays, \
-    state_by_layer, unflatten_like
+from common.model import ECGNet, build_model, flatten_layers, layer_vectors, load_arrays, state_by_layer, \
+    unflatten_like
 from common.privacy import LaplaceAccuracyRelease
 from common.task import count_correct, evaluate, train_local
 from common.wire import from_array_record, he_record, layer_order, read_he_record, to_array_record
 from data_prep.client_data import client_arrays, split_arrays
+from strategies.freezing import rms_change
 from strategies.presets import encrypted_layers_for, weighting_for
 
 app = ClientApp()
@@ -84,15 +84,11 @@ def _restore_global(model: ECGNet, msg: Message, context: Context, node: NodeCon
     if he is not None:
         chunks, length, layers = he
         ctx = _secret_context(node, msg.content["config"])
-        template = state_by_layer(model, set(layers))
-        template = OrderedDict((n, template[n]) for n in template)  # model order
         flat = PackedDecryptor(ctx).decrypt(chunks, length)
-        decrypted = unflatten_like(flat, template)
+        decrypted = unflatten_like(flat, state_by_layer(model, set(layers)))  # packed in model order
         load_arrays(model, decrypted)
-        for layer in layers:
-            names = [n for n in decrypted if layer_of(n) == layer]
-            diff = np.concatenate([(decrypted[n].astype(np.float64) - before[n]).ravel() for n in names])
-            changes[layer] = float(np.linalg.norm(diff) / np.sqrt(diff.size))
+        now, then = layer_vectors(decrypted, layers), layer_vectors(before, layers)
+        changes = {layer: rms_change(now[layer], then[layer]) for layer in layers}
     context.state[GLOBAL_STATE_KEY] = to_array_record(state_by_layer(model))
     return changes, (he[2] if he is not None else [])
 

@@ -129,10 +129,7 @@ class RunConfig(BaseModel):
     @classmethod
     def from_flower(cls, raw: Mapping[str, Any]) -> "RunConfig":
         """Parse Flower's flat run config; raises ConfigError with one readable message."""
-        try:
-            return cls.model_validate(dict(raw))
-        except ValidationError as err:
-            raise ConfigError(_format_validation_error("run config", err, raw)) from None
+        return _parse(cls, raw, "run config")
 
     def as_flat_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)
@@ -164,10 +161,14 @@ class NodeConfig(BaseModel):
 
     @classmethod
     def from_flower(cls, raw: Mapping[str, Any]) -> "NodeConfig":
-        try:
-            return cls.model_validate(dict(raw))
-        except ValidationError as err:
-            raise ConfigError(_format_validation_error("node config", err, raw)) from None
+        return _parse(cls, raw, "node config")
+
+
+def _parse(model: type[BaseModel], raw: Mapping[str, Any], kind: str):
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(kind, err, raw)) from None
 
 
 def check_ptbxl_folder(path: str, sampling_rate: int, key: str) -> None:

@@ -104,6 +104,11 @@ def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
     model.load_state_dict(state)
 
 
+def layer_vectors(arrays: "OrderedDict[str, np.ndarray]", layers: list[str]) -> dict[str, np.ndarray]:
+    """Each layer's parameters concatenated in model order: the unit a freezing score is taken on."""
+    return {layer: np.concatenate([v.ravel() for n, v in arrays.items() if layer_of(n) == layer]) for layer in layers}
+
+
 def flatten_layers(arrays: "OrderedDict[str, np.ndarray]") -> np.ndarray:
     if not arrays:
         return np.zeros(0, dtype=np.float64)

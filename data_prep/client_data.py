@@ -20,6 +20,7 @@ from data_prep.synth_ptbxl import ensure_synthetic_ptbxl
 SYNTHETIC_DATA_SEED = 0  # the built-in set is fixed; the run seed drives partitions and models
 
 _LOADED: dict[tuple[str, int], PTBXLData] = {}
+_INDICES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
 @dataclass
@@ -50,11 +51,15 @@ def load_dataset(cfg: RunConfig, node: NodeConfig | None = None) -> PTBXLData:
 def client_arrays(cfg: RunConfig, node: NodeConfig) -> ClientArrays:
     """This client's share of the training folds, split into local train and validation."""
     data = load_dataset(cfg, node)
-    train_idx, val_idx = client_indices(
-        cfg.partitioning, data.labels, data.sites, data.split_indices("train"),
-        partition_id=node.partition_id, num_partitions=node.num_partitions,
-        alpha=cfg.dirichlet_alpha, seed=cfg.seed, val_fraction=cfg.val_fraction,
-    )
+    key = (str(data.cache_path), cfg.partitioning, cfg.dirichlet_alpha, cfg.seed, cfg.val_fraction,
+           node.partition_id, node.num_partitions)
+    if key not in _INDICES:  # a partition is fixed for the run: compute it once per process, not every round
+        _INDICES[key] = client_indices(
+            cfg.partitioning, data.labels, data.sites, data.split_indices("train"),
+            partition_id=node.partition_id, num_partitions=node.num_partitions,
+            alpha=cfg.dirichlet_alpha, seed=cfg.seed, val_fraction=cfg.val_fraction,
+        )
+    train_idx, val_idx = _INDICES[key]
     return ClientArrays(
         x_train=data.standardised(train_idx), y_train=data.labels[train_idx],
         x_val=data.standardised(val_idx), y_val=data.labels[val_idx],

@@ -12,7 +12,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ArrayRecord, Context
@@ -25,7 +24,6 @@ from common.keys import load_server_context
 from common.model import QUANTUM_LAYERS, build_model, count_parameters, state_by_layer
 from common.privacy import PrivacyAccountant
 from common.results import RunRecorder, new_run_folder
-from strategies.freezing import EMALayerFreezer
 from strategies.layerwise import LayerwiseStrategy, RoundLog
 from strategies.presets import options_for
 
@@ -81,7 +79,7 @@ def save_final_model(folder: Path, strategy: LayerwiseStrategy) -> None:
             (blob_dir / f"chunk-{i:03d}.ckks").write_bytes(chunk)
         (blob_dir / "manifest.json").write_text(json.dumps({
             "layers": strategy.encrypted_state_layers,
-            "length": strategy._packed_length(strategy.encrypted_state_layers),
+            "length": strategy.packed_length(strategy.encrypted_state_layers),
             "note": "CKKS vectors of the aggregated encrypted layers; decrypt with a client key (client.ctx)",
         }, indent=2))
 
@@ -106,14 +104,6 @@ def main(grid: Grid, context: Context) -> None:
     if options.encrypted_layers:
         server_ctx_path = Path(cfg.he_server_context) if cfg.he_server_context else folder / "keys" / "server.ctx"
         aggregator_factory = lambda: EncryptedWeightedSum(load_server_context(server_ctx_path))  # noqa: E731
-    freezer = None
-    if options.freezing:
-        freezer = EMALayerFreezer(alpha=cfg.freeze_ema_alpha, threshold=cfg.freeze_threshold,
-                                  never_freeze=QUANTUM_LAYERS & set(layers))
-        plain_layers = [layer for layer in layers if layer not in options.encrypted_layers]
-        if plain_layers:  # the reference for the server's own scores; encrypted layers are scored by a client
-            freezer.observe({layer: np.concatenate([v.ravel() for n, v in initial.items() if n.split(".")[0] == layer])
-                             for layer in plain_layers})
 
     accountant = PrivacyAccountant(cfg.dp_epsilon, cfg.dp_delta) if options.weighting == "dp-softmax" else None
     recorder = RunRecorder(folder, cfg.as_flat_dict(), extra={
@@ -129,7 +119,7 @@ def main(grid: Grid, context: Context) -> None:
         log(logging.INFO, "%s", _progress(cfg, r))
 
     strategy = LayerwiseStrategy(options, layers, initial, QUANTUM_LAYERS & set(layers),
-                                 aggregator_factory=aggregator_factory, freezer=freezer,
+                                 aggregator_factory=aggregator_factory,
                                  sim_key_dir="" if cfg.he_server_context else str(folder / "keys"),
                                  on_round=on_round)
     t0 = time.time()

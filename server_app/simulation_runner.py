@@ -60,36 +60,52 @@ def _children() -> dict[int, list[int]]:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        except (OSError, IndexError):
             continue
         tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     return tree
 
 
-def _cmdline(pid: int) -> str:
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from ``/proc``, at this moment)."""
+    tree = _children()
+    found, stack = [], list(tree.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(tree.get(child, []))
+    return found
+
+
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 
 
+def process_state(pid: int) -> str:
+    """The ``/proc`` state letter; 'X' when the process no longer exists."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
+
+
+def is_alive(pid: int) -> bool:
+    return process_state(pid) not in ("X", "Z")
+
+
 def superlink_pids(flwr_home: Path) -> list[int]:
     """SuperLinks whose database lives in this Flower home (so: started for this project)."""
     marker = str(flwr_home / "local-superlink")
-    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
-            if "flower-superlink" in _cmdline(int(p.parent.name)) and marker in _cmdline(int(p.parent.name))]
+    pids = (int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline"))
+    return [pid for pid in pids if "flower-superlink" in (line := cmdline(pid)) and marker in line]
 
 
 def stop_process_tree(root_pids: list[int], grace: float = 10.0) -> list[int]:
     """SIGTERM the given processes and all their descendants, then SIGKILL what is left."""
-    tree = _children()
-    victims: list[int] = []
-    stack = list(root_pids)
-    while stack:
-        pid = stack.pop()
-        if pid not in victims:
-            victims.append(pid)
-            stack.extend(tree.get(pid, []))
+    victims = list(dict.fromkeys(p for root in root_pids for p in (root, *descendants(root))))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in victims:
             try:
@@ -97,16 +113,9 @@ def stop_process_tree(root_pids: list[int], grace: float = 10.0) -> list[int]:
             except ProcessLookupError:
                 pass
         deadline = time.time() + grace
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() and _state(p) != "Z" for p in victims):
+        while time.time() < deadline and any(is_alive(p) for p in victims):
             time.sleep(0.2)
     return victims
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"
 
 
 def run_simulation(run_config: str = "", num_supernodes: int = 10, flwr_home: Path = DEFAULT_FLWR_HOME,

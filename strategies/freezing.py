@@ -10,6 +10,12 @@ from typing import Any
 import numpy as np
 
 
+def rms_change(new: np.ndarray, old: np.ndarray) -> float:
+    """s = ||new - old||_2 / sqrt(n): the per-parameter change a freezing score is made of."""
+    diff = np.asarray(new, dtype=np.float64).ravel() - np.asarray(old, dtype=np.float64).ravel()
+    return float(np.linalg.norm(diff) / math.sqrt(diff.size))
+
+
 class EMALayerFreezer:
     r"""Freeze layers whose exponential moving average of per-round change falls below a threshold.
 
@@ -132,9 +138,9 @@ class EMALayerFreezer:
         for name, array in arrays.items():
             if name in self._frozen:
                 continue
-            diff = array - self._reference[name]
+            score = rms_change(array, self._reference[name])
             self._reference[name] = array
-            if self._update(name, float(np.linalg.norm(diff.ravel()) / math.sqrt(diff.size))):
+            if self._update(name, score):
                 newly_frozen.add(name)
         return newly_frozen
 

@@ -27,7 +27,9 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.wire import from_array_record, he_record, layer_order, serialized_size, to_array_record
+from common.model import layer_of, layer_vectors
+from common.wire import he_record, layer_order, serialized_size, to_array_record
+from strategies.freezing import EMALayerFreezer
 from strategies.replies import ReplyRejected, TrainReply, parse_train_reply
 from strategies.weighting import tempered_softmax, weight_spread
 
@@ -72,8 +74,9 @@ class LayerwiseStrategy(Strategy):
     ``layers`` lists the model's layer names in order; ``initial`` holds every parameter of
     the initial model (the server only ever sends the non-encrypted ones); ``aggregator``
     is a ``common.ckks.EncryptedWeightedSum`` factory taking no argument (called once the
-    public context exists), required when layers are encrypted; ``freezer`` an
-    ``EMALayerFreezer`` when freezing is on.
+    public context exists), required when layers are encrypted. With freezing on, an
+    ``EMALayerFreezer`` is built from the options (``quantum_layers`` never freeze) unless
+    ``freezer`` is given.
     """
 
     def __init__(self, options: StrategyOptions, layers: list[str], initial: "OrderedDict[str, np.ndarray]",
@@ -82,14 +85,19 @@ class LayerwiseStrategy(Strategy):
                  on_round: Callable[[RoundLog], None] | None = None) -> None:
         self.opt = options
         self.layers = list(layers)
-        self.quantum_layers = quantum_layers
         self.shapes = {name: tuple(arr.shape) for name, arr in initial.items()}
         self.global_plain: OrderedDict[str, np.ndarray] = OrderedDict(
-            (k, v.copy()) for k, v in initial.items() if k.split(".")[0] not in options.encrypted_layers)
+            (k, v.copy()) for k, v in initial.items() if layer_of(k) not in options.encrypted_layers)
         self.encrypted_state: list[bytes] | None = None
         self.encrypted_state_layers: list[str] = []
         self.aggregator_factory = aggregator_factory
         self._aggregator = None
+        if freezer is None and options.freezing:
+            freezer = EMALayerFreezer(alpha=options.freeze_ema_alpha, threshold=options.freeze_threshold,
+                                      never_freeze=quantum_layers)
+            plain_layers = [l for l in self.layers if l not in options.encrypted_layers]
+            if plain_layers:  # reference for the server's own scores; encrypted layers are scored by a client
+                freezer.observe(layer_vectors(initial, plain_layers))
         self.freezer = freezer
         self.frozen: set[str] = set()
         self.frozen_delivered: set[str] = set()
@@ -98,6 +106,7 @@ class LayerwiseStrategy(Strategy):
         self.history: list[RoundLog] = []
         self.evaluator: int | None = None
         self._last_valid_nodes: list[int] = []
+        self._train_messages: list[Message] = []
         self._current: RoundLog | None = None
         self._t0 = 0.0
         if options.encrypted_layers and aggregator_factory is None:
@@ -107,24 +116,21 @@ class LayerwiseStrategy(Strategy):
             raise ValueError(f"he-layers names unknown layers {sorted(unknown)}; expected some of {self.layers}")
 
     # ---------------------------------------------------------------- helpers
-    def _param_layer(self, name: str) -> str:
-        return name.split(".")[0]
-
     def _sent_layers(self) -> list[str]:
         """Layers whose current global value goes out this round (frozen ones one last time)."""
         return [l for l in self.layers if l not in self.frozen_delivered]
 
     def _plain_names(self, layers: Iterable[str]) -> list[str]:
         wanted = set(layers) - set(self.opt.encrypted_layers)
-        return [n for n in self.shapes if self._param_layer(n) in wanted]
+        return [n for n in self.shapes if layer_of(n) in wanted]
 
     def encrypted_packing(self) -> list[str]:
         """Encrypted layers packed this round (model order), excluding frozen ones."""
         return layer_order(self.layers, set(self.opt.encrypted_layers) - self.frozen)
 
-    def _packed_length(self, layers: Iterable[str]) -> int:
+    def packed_length(self, layers: Iterable[str]) -> int:
         packed = set(layers)
-        return sum(int(np.prod(s)) for n, s in self.shapes.items() if self._param_layer(n) in packed)
+        return sum(int(np.prod(s)) for n, s in self.shapes.items() if layer_of(n) in packed)
 
     def _aggregator_obj(self):
         if self._aggregator is None:
@@ -139,13 +145,12 @@ class LayerwiseStrategy(Strategy):
             "frozen-layers": sorted(self.frozen) or [""],
             "encrypted-layers": self.encrypted_packing() or [""],
             "sim-key-dir": self.sim_key_dir,
-            "weighting": self.opt.weighting,
         })
         if split is not None:
             config["split"] = split
         content = RecordDict({"arrays": to_array_record(arrays), "config": config})
         if self.encrypted_state is not None and self.encrypted_state_layers:
-            content["he"] = he_record(self.encrypted_state, self._packed_length(self.encrypted_state_layers),
+            content["he"] = he_record(self.encrypted_state, self.packed_length(self.encrypted_state_layers),
                                       self.encrypted_state_layers)
         return content
 
@@ -166,19 +171,12 @@ class LayerwiseStrategy(Strategy):
         nodes = self._nodes(grid)
         if self.evaluator is None:
             self.evaluator = nodes[0]
-        messages = []
-        for node in nodes:
-            content = self._content(server_round)
-            self._current.bytes["train_down"] += serialized_size(content)
-            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node))
-        self._train_messages = messages  # the grid fills in their message ids when it sends them
-        return messages
-
-    def _reply_sender(self, reply: Message) -> int:
-        """The node a reply answers for: an error the SuperLink writes for a dead node carries its own id."""
-        sent_to = {m.metadata.message_id: m.metadata.dst_node_id
-                   for m in getattr(self, "_train_messages", []) if m.metadata.message_id}
-        return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        content = self._content(server_round)  # the same for every node, as in Flower's FedAvg
+        self._current.bytes["train_down"] += serialized_size(content) * len(nodes)
+        # the grid fills in the message ids when it sends them (see aggregate_train)
+        self._train_messages = [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
+                                for node in nodes]
+        return self._train_messages
 
     def _weights(self, replies: list[TrainReply]) -> np.ndarray:
         counts = np.array([r.num_examples for r in replies], dtype=np.float64)
@@ -196,19 +194,22 @@ class LayerwiseStrategy(Strategy):
         expected_names = self._plain_names(set(self.layers) - self.frozen)
         expected_shapes = {n: self.shapes[n] for n in expected_names}
         packing = self.encrypted_packing()
-        length = self._packed_length(packing)
+        length = self.packed_length(packing)
         n_chunks, check_chunks = 0, None
         if packing:
             aggregator = self._aggregator_obj()
             n_chunks = math.ceil(length / aggregator.params.slot_count)
             check_chunks = lambda chunks: aggregator.validate(chunks, n_chunks, length)  # noqa: E731
+        # an error the SuperLink writes for a dead node carries the SuperLink's id, not the node's
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._train_messages if m.metadata.message_id}
         valid: list[TrainReply] = []
         for msg in replies:
             if not msg.has_error():
                 current.bytes["train_up"] += serialized_size(msg.content)
             try:
                 valid.append(parse_train_reply(msg, expected_shapes, self.opt.weighting == "dp-softmax",
-                                               n_chunks, check_chunks, node=self._reply_sender(msg)))
+                                               n_chunks, check_chunks,
+                                               node=sent_to.get(msg.metadata.reply_to_message_id)))
             except ReplyRejected as err:
                 log(WARNING, "Round %d: dropped reply: %s", server_round, err)
                 current.dropped.append(str(err))
@@ -278,12 +279,8 @@ class LayerwiseStrategy(Strategy):
         return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}) or None
 
     def _update_freezing(self, current: RoundLog, metrics: dict) -> None:
-        plain = {}
-        for layer in self.layers:
-            if layer in self.frozen or layer in self.opt.encrypted_layers:
-                continue
-            names = [n for n in self.global_plain if self._param_layer(n) == layer]
-            plain[layer] = np.concatenate([self.global_plain[n].ravel() for n in names])
+        plain = layer_vectors(self.global_plain, [l for l in self.layers
+                                                  if l not in self.frozen and l not in self.opt.encrypted_layers])
         # encrypted layers: the evaluator decrypted them and reported their RMS change
         scores = {k.removeprefix("delta-rms-"): float(v) for k, v in metrics.items() if k.startswith("delta-rms-")}
         newly = (self.freezer.observe(plain) if plain else set()) | self.freezer.observe_scores(scores)

@@ -31,7 +31,7 @@ import pytest
 
 from common.keys import generate_keys
 from data_prep.synth_ptbxl import ensure_synthetic_ptbxl
-from server_app.simulation_runner import flower_env, stop_process_tree
+from server_app.simulation_runner import cmdline, descendants, flower_env, is_alive, stop_process_tree
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,42 +61,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def process_state(pid: int) -> str:
-    """The ``/proc`` state letter; 'X' when the process no longer exists."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"
-
-
-def is_alive(pid: int) -> bool:
-    return process_state(pid) not in ("X", "Z")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from ``/proc``, at this moment)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(children.get(child, []))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @dataclass
