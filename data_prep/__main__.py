@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.ptbxl import SUPERCLASSES, PTBXLData, PTBXLFormatError, load_ptbxl, read_ptbxl_index
+from data_prep.format_error import DataFormatError
+from data_prep.ptbxl import SUPERCLASSES, PTBXLData, load_ptbxl, read_ptbxl_index
 from data_prep.synth_ptbxl import write_synthetic_ptbxl
 
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "sites:         " + ", ".join(f"{s}: {c}" for s, c in zip(*np.unique(index.sites, return_counts=True))),
                 f"time:          {seconds:.1f} s",
             ]))
-    except PTBXLFormatError as exc:
+    except DataFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import NodeConfig, RunConfig
+from common.config import ConfigError, NodeConfig, RunConfig
 from data_prep.partition import client_indices
-from data_prep.ptbxl import PTBXLData, load_ptbxl
-from data_prep.synth_ptbxl import ensure_synthetic_ptbxl
+from data_prep.ptbxl import TRAIN_FOLDS, PTBXLData, load_ptbxl, read_ptbxl_index
+from data_prep.synth_ptbxl import ensure_synthetic_ptbxl, synthetic_metadata
 
 SYNTHETIC_DATA_SEED = 0  # the built-in set is fixed; the run seed drives partitions and models
+MIN_TRAIN_RECORDS_PER_CLIENT = 10
 
 _LOADED: dict[tuple[str, int], PTBXLData] = {}
 _INDICES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -71,3 +72,28 @@ def split_arrays(cfg: RunConfig, node: NodeConfig | None, split: str) -> tuple[n
     data = load_dataset(cfg, node)
     idx = data.split_indices(split)
     return data.standardised(idx), data.labels[idx]
+
+
+def training_record_count(cfg: RunConfig, parse_records: bool = False) -> int:
+    """Labelled records in the training folds of the run config's data.
+
+    ``parse_records=True`` loads every record (building the cache, so a bad file stops here);
+    otherwise only the tables are read (the synthetic set's from its generator, without writing it).
+    """
+    if parse_records:
+        return len(load_dataset(cfg).split_indices("train"))
+    if cfg.data_path:
+        return int(np.isin(read_ptbxl_index(cfg.data_path, cfg.sampling_rate).folds, TRAIN_FOLDS).sum())
+    meta = synthetic_metadata(cfg.synthetic_records, SYNTHETIC_DATA_SEED)
+    return sum(1 for classes, fold in zip(meta.classes, meta.folds) if classes and fold in TRAIN_FOLDS)
+
+
+def check_federation_size(cfg: RunConfig, num_nodes: int, parse_records: bool = False) -> None:
+    """Refuse a federation whose clients would get fewer than MIN_TRAIN_RECORDS_PER_CLIENT records each."""
+    available = training_record_count(cfg, parse_records)
+    if num_nodes * MIN_TRAIN_RECORDS_PER_CLIENT > available:
+        source = f"data-path '{cfg.data_path}'" if cfg.data_path else f"synthetic-records {cfg.synthetic_records}"
+        folds = f"folds {TRAIN_FOLDS[0]}-{TRAIN_FOLDS[-1]}"
+        raise ConfigError(
+            f"run config: {num_nodes} clients need at least {MIN_TRAIN_RECORDS_PER_CLIENT} training records each, "
+            f"but {source} gives {available} records in {folds}; expected fewer clients or more data")

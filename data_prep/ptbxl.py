@@ -40,6 +40,8 @@ import pandas as pd
 import wfdb
 
 from data_prep.cache_paths import build_once, default_cache_root
+from data_prep.format_error import DataFormatError
+from data_prep.wfdb_files import truncated_signal_file
 
 SUPERCLASSES: tuple[str, ...] = ("NORM", "MI", "STTC", "CD", "HYP")
 LEAD_NAMES: tuple[str, ...] = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -57,7 +59,7 @@ STATEMENTS_CSV = "scp_statements.csv"
 FILENAME_COLUMN: dict[int, str] = {100: "filename_lr", 500: "filename_hr"}
 
 
-class PTBXLFormatError(ValueError):
+class PTBXLFormatError(DataFormatError):
     """The PTB-XL folder does not have the layout or content the reader expects."""
 
 
@@ -243,11 +245,14 @@ def read_record(root: Path, filename: str, sampling_rate: int) -> np.ndarray:
     try:
         signal, fields = wfdb.rdsamp(str(where))
     except Exception as exc:  # wfdb raises many types for malformed files
-        raise PTBXLFormatError(f"{where}.hea/.dat could not be read as a WFDB record: {exc}") from exc
+        # the byte count is checked only on failure: reading the header twice doubles the parse time
+        raise PTBXLFormatError(truncated_signal_file(where)
+                               or f"{where}.hea/.dat could not be read as a WFDB record: {exc}") from exc
     if signal.ndim != 2 or signal.shape[1] != len(LEAD_NAMES):
         raise PTBXLFormatError(f"{where}: {signal.shape[1] if signal.ndim == 2 else signal.shape} leads, expected 12")
     if signal.shape[0] != expected_len:
         raise PTBXLFormatError(
+            truncated_signal_file(where) or
             f"{where}: {signal.shape[0]} samples, expected {expected_len} ({RECORD_SECONDS} s at {sampling_rate} Hz)"
         )
     if float(fields.get("fs", -1)) != float(sampling_rate):

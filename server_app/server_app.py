@@ -12,24 +12,22 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from common.ckks import EncryptedWeightedSum
-from common.config import ConfigError, RunConfig
+from common.config import RunConfig
 from common.keys import load_server_context
 from common.model import QUANTUM_LAYERS, build_model, count_parameters, state_by_layer
 from common.privacy import PrivacyAccountant
 from common.results import RunRecorder, new_run_folder
+from server_app.preflight import check_run, check_server_context
 from strategies.layerwise import LayerwiseStrategy, RoundLog
-from strategies.presets import options_for
 
 app = ServerApp()
 
-MIN_TRAIN_RECORDS_PER_CLIENT = 10
 PROJECT_MARKER = "adeptheq-fl"
 
 
@@ -40,23 +38,6 @@ def project_root() -> Path:
     if pyproject.is_file() and PROJECT_MARKER in pyproject.read_text():
         return cwd
     return Path.home() / PROJECT_MARKER
-
-
-def training_records(cfg: RunConfig) -> int:
-    """Records in the training folds 1-8 (from the CSV only, no signal is read)."""
-    if not cfg.data_path:
-        return int(cfg.synthetic_records * 0.8)
-    folds = pd.read_csv(Path(cfg.data_path) / "ptbxl_database.csv", usecols=["strat_fold"])["strat_fold"]
-    return int(folds.between(1, 8).sum())
-
-
-def check_federation_size(cfg: RunConfig, num_nodes: int) -> None:
-    available = training_records(cfg)
-    if num_nodes * MIN_TRAIN_RECORDS_PER_CLIENT > available:
-        source = f"data-path '{cfg.data_path}'" if cfg.data_path else f"synthetic-records {cfg.synthetic_records}"
-        raise ConfigError(
-            f"run config: {num_nodes} clients need at least {MIN_TRAIN_RECORDS_PER_CLIENT} training records each, "
-            f"but {source} gives {available} records in folds 1-8; expected fewer clients or more data")
 
 
 def _progress(cfg: RunConfig, r: RoundLog) -> str:
@@ -89,12 +70,9 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
     model = build_model(cfg)
     layers = model.layer_names()
-    options = options_for(cfg, layers)
     nodes = list(grid.get_node_ids())
-    check_federation_size(cfg, len(nodes))
-    if options.encrypted_layers and cfg.he_server_context and not Path(cfg.he_server_context).is_file():
-        raise ConfigError(f"run config: key 'he-server-context' has value '{cfg.he_server_context}'; expected "
-                          "an existing public CKKS context file (server.ctx) on the server machine")
+    options = check_run(cfg, len(nodes))  # repeated here: in a deployment no runner checked it first
+    check_server_context(cfg, options)
     folder = new_run_folder(cfg.results_dir, project_root(), cfg.strategy)
     log(logging.INFO, "Run folder: %s | model %s with %d parameters | strategy %s | %d nodes",
         folder, cfg.model, count_parameters(model), cfg.strategy, len(nodes))

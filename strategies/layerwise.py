@@ -30,7 +30,8 @@ from flwr.serverapp.strategy import Strategy
 from common.model import layer_of, layer_vectors
 from common.wire import he_record, layer_order, serialized_size, to_array_record
 from strategies.freezing import EMALayerFreezer
-from strategies.replies import ReplyRejected, TrainReply, parse_train_reply
+from strategies.replies import ReplyRejected, RoundFailed, TrainReply, client_failure_reason, describe_failures, \
+    parse_train_reply
 from strategies.weighting import tempered_softmax, weight_spread
 
 
@@ -191,6 +192,15 @@ class LayerwiseStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         current = self._current or RoundLog(round=server_round)
+        replies = list(replies)
+        # an error the SuperLink writes for a dead node carries the SuperLink's id, not the node's
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._train_messages if m.metadata.message_id}
+        failures = [(sent_to.get(m.metadata.reply_to_message_id, m.metadata.src_node_id),
+                     client_failure_reason(m.error.reason)) for m in replies if m.has_error()]
+        if len(replies) - len(failures) < self.opt.min_clients:  # before anything else can fail in their stead
+            raise RoundFailed(f"round {server_round}: {len(replies) - len(failures)} of {len(self._train_messages)} "
+                              f"clients replied without an error, min-clients is {self.opt.min_clients}; "
+                              f"{describe_failures(failures) or 'no replies arrived'}")
         expected_names = self._plain_names(set(self.layers) - self.frozen)
         expected_shapes = {n: self.shapes[n] for n in expected_names}
         packing = self.encrypted_packing()
@@ -200,8 +210,6 @@ class LayerwiseStrategy(Strategy):
             aggregator = self._aggregator_obj()
             n_chunks = math.ceil(length / aggregator.params.slot_count)
             check_chunks = lambda chunks: aggregator.validate(chunks, n_chunks, length)  # noqa: E731
-        # an error the SuperLink writes for a dead node carries the SuperLink's id, not the node's
-        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._train_messages if m.metadata.message_id}
         valid: list[TrainReply] = []
         for msg in replies:
             if not msg.has_error():
@@ -214,8 +222,8 @@ class LayerwiseStrategy(Strategy):
                 log(WARNING, "Round %d: dropped reply: %s", server_round, err)
                 current.dropped.append(str(err))
         if len(valid) < self.opt.min_clients:
-            raise RuntimeError(f"round {server_round}: only {len(valid)} valid replies, min-clients is "
-                               f"{self.opt.min_clients}; dropped: {current.dropped}")
+            raise RoundFailed(f"round {server_round}: only {len(valid)} valid replies, min-clients is "
+                              f"{self.opt.min_clients}; dropped: {'; '.join(current.dropped)}")
         self._last_valid_nodes = sorted(r.node_id for r in valid)
         weights = self._weights(valid)
         current.weights = {str(r.node_id): float(w) for r, w in zip(valid, weights)}

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from strategies.layerwise import StrategyOptions
 
 
@@ -21,7 +21,8 @@ def encrypted_layers_for(cfg: RunConfig, layers: list[str]) -> frozenset[str]:
         return frozenset(layers)
     unknown = sorted(set(cfg.he_layer_names) - set(layers))
     if unknown:
-        raise ValueError(f"run config: key 'he-layers' names {unknown}; expected 'all' or layers of {layers}")
+        raise ConfigError(f"run config: key 'he-layers' has value {cfg.he_layers!r}; expected 'all' or a "
+                          f"comma-separated list of this model's layers {layers} (unknown: {', '.join(unknown)})")
     return frozenset(cfg.he_layer_names)
 
 

@@ -9,6 +9,7 @@ not deserialize to CKKS vectors of the server's public context.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -20,6 +21,38 @@ from common.wire import from_array_record, read_he_record
 
 class ReplyRejected(ValueError):
     """One reply cannot be used; the message says why."""
+
+
+class RoundFailed(RuntimeError):
+    """Too few usable replies to go on; the message names the failing nodes and their reasons."""
+
+
+_SIMULATION_REASON = "occurred. Message: "  # flwr's ClientAppException text, wrapped by Ray in simulation
+_DEPLOYMENT_REASON = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", re.S)
+
+
+def client_failure_reason(reason: str) -> str:
+    """The one-line cause inside a Flower error reply's ``reason``.
+
+    Flower writes ``"<class 'pkg.ErrorType'>:<'message'>"`` for a ClientApp that raised; in simulation
+    the message is a Ray traceback ending in ``...occurred. Message: message``. Multi-line messages are
+    joined with '; '.
+    """
+    text = reason.strip()
+    if _SIMULATION_REASON in text:
+        text = text.rsplit(_SIMULATION_REASON, 1)[1].removesuffix("'>")
+    elif match := _DEPLOYMENT_REASON.fullmatch(text):
+        text = f"{match[1]}: {match[2]}"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or "no reason given"
+
+
+def describe_failures(failures: list[tuple[int | None, str]]) -> str:
+    """'nodes 1, 2 failed: reason; node 3 failed: other reason', nodes grouped by identical reason."""
+    by_reason: dict[str, list[str]] = {}
+    for node, reason in failures:
+        by_reason.setdefault(reason, []).append(str(node))
+    return "; ".join(f"{'nodes' if len(nodes) > 1 else 'node'} {', '.join(nodes)} failed: {reason}"
+                     for reason, nodes in by_reason.items())
 
 
 @dataclass
@@ -44,7 +77,7 @@ def parse_train_reply(
     """Validate one train reply; raise ``ReplyRejected`` naming what is wrong (and ``node``, the sender)."""
     node = msg.metadata.src_node_id if node is None else node
     if msg.has_error():
-        raise ReplyRejected(f"node {node} replied with an error: {msg.error.reason}")
+        raise ReplyRejected(f"node {node} replied with an error: {client_failure_reason(msg.error.reason)}")
     content = msg.content
     array_records = [k for k, v in content.items() if isinstance(v, ArrayRecord)]
     metric_record = content.get("metrics")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import csv
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from common.config import ConfigError, NodeConfig, RunConfig
+from data_prep.client_data import check_federation_size, training_record_count
+from data_prep.ptbxl import load_ptbxl
+from data_prep.synth_ptbxl import ensure_synthetic_ptbxl, write_synthetic_ptbxl
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -63,22 +68,29 @@ def test_node_config_checks_partition_and_files(tmp_path):
 
 
 def test_more_clients_than_the_data_can_serve_is_refused():
-    from server_app.server_app import check_federation_size
-
-    check_federation_size(RunConfig(synthetic_records=1000), 10)  # 800 training records: 80 each
+    check_federation_size(RunConfig(synthetic_records=1000), 10)  # about 800 training records: 80 each
     with pytest.raises(ConfigError, match="20 clients need at least 10 training records each, but "
-                                          "synthetic-records 100 gives 80 records in folds 1-8"):
+                                          "synthetic-records 100 gives 78 records in folds 1-8"):
         check_federation_size(RunConfig(synthetic_records=100), 20)
 
 
-def test_federation_size_counts_real_training_folds(tmp_path):
-    from server_app.server_app import check_federation_size
+def test_synthetic_training_count_from_tables_equals_the_written_set(tmp_path):
+    """Counting from the generator's tables (no file written) agrees with the files the reader parses."""
+    cfg = RunConfig(synthetic_records=100)
+    written = load_ptbxl(ensure_synthetic_ptbxl(100, cache_root=tmp_path), 100, tmp_path, verbose=False)
+    assert training_record_count(cfg) == len(written.split_indices("train")) == 78
 
-    (tmp_path / "records100").mkdir()
-    (tmp_path / "scp_statements.csv").write_text("code\n")
-    folds = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 3  # 24 records in folds 1-8
-    (tmp_path / "ptbxl_database.csv").write_text("ecg_id,strat_fold\n" + "".join(f"{i},{f}\n" for i, f in enumerate(folds)))
-    cfg = RunConfig(data_path=str(tmp_path))
-    check_federation_size(cfg, 2)
-    with pytest.raises(ConfigError, match=f"3 clients need .* but data-path '{tmp_path}' gives 24 records"):
-        check_federation_size(cfg, 3)
+
+def test_federation_size_counts_labelled_records_of_the_real_training_folds(tmp_path):
+    root = write_synthetic_ptbxl(tmp_path / "ptbxl", n_records=40, seed=5)
+    with open(root / "scp_statements.csv", newline="") as handle:  # independent count: csv + literal_eval
+        diagnostic = {row[""] for row in csv.DictReader(handle) if row["diagnostic"] and float(row["diagnostic"]) == 1}
+    with open(root / "ptbxl_database.csv", newline="") as handle:
+        expected = sum(1 <= int(row["strat_fold"]) <= 8 and bool(set(ast.literal_eval(row["scp_codes"])) & diagnostic)
+                       for row in csv.DictReader(handle))
+    cfg = RunConfig(data_path=str(root))
+    assert training_record_count(cfg) == expected
+    check_federation_size(cfg, expected // 10)
+    with pytest.raises(ConfigError, match=f"{expected // 10 + 1} clients need .* but data-path '{root}' gives "
+                                          f"{expected} records"):
+        check_federation_size(cfg, expected // 10 + 1)

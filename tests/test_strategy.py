@@ -11,6 +11,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp.client_app import ClientAppException
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.ckks import (CKKSParams, EncryptedWeightedSum, PackedDecryptor, PackedEncryptor, load_public_context,
@@ -21,6 +22,7 @@ from common.wire import from_array_record, he_record, read_he_record, serialized
 from strategies.freezing import EMALayerFreezer
 from strategies.layerwise import LayerwiseStrategy
 from strategies.presets import options_for
+from strategies.replies import RoundFailed, client_failure_reason
 from strategies.weighting import tempered_softmax
 
 NODES = [11, 22, 33, 44]
@@ -194,8 +196,41 @@ def test_round_fails_clearly_below_min_clients(contexts):
     requests = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid()))
     replies = [client_reply(strategy, requests[0], perturbed(initial, 1), 20, secret, 0.8),
                Message(Error(code=1, reason="timeout"), reply_to=requests[1])]
-    with pytest.raises(RuntimeError, match="only 1 valid replies, min-clients is 3"):
+    with pytest.raises(RoundFailed, match="round 1: 1 of 4 clients replied without an error, min-clients is 3; "
+                                          "node 22 failed: timeout$"):
         strategy.aggregate_train(1, replies)
+
+
+def test_round_where_every_client_failed_names_nodes_and_cause_before_touching_keys(contexts):
+    """The cause the clients reported, not a later consequence such as a key file nobody wrote."""
+    def no_key_yet():
+        raise FileNotFoundError("key file .../keys/server.ctx does not exist")
+
+    cfg = RunConfig(strategy="adeptheq")
+    model = build_model(cfg)
+    strategy = LayerwiseStrategy(options_for(cfg, model.layer_names()), model.layer_names(), state_by_layer(model),
+                                 QUANTUM_LAYERS, aggregator_factory=no_key_yet)
+    requests = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    cause = "/data/records100/00000/00006_lr.dat is truncated: 1000 bytes, expected 24000"
+    simulated = ClientAppException(cause)  # what Flower's Ray actor raises around our error
+    reason = str(type(simulated)) + ":<'ray::ClientAppActor.run() (pid=1)\n  File x\n" + str(simulated) + "'>"
+    replies = [Message(Error(code=1, reason=reason), reply_to=r) for r in requests[:3]]
+    replies.append(Message(Error(code=1, reason="<class 'common.config.ConfigError'>:<'node config: bad\nsecond'>"),
+                           reply_to=requests[3]))
+    with pytest.raises(RoundFailed) as info:
+        strategy.aggregate_train(1, replies)
+    assert str(info.value) == (f"round 1: 0 of 4 clients replied without an error, min-clients is 2; "
+                               f"nodes 11, 22, 33 failed: {cause}; node 44 failed: ConfigError: node config: bad; second")
+
+
+@pytest.mark.parametrize("reason,cause", [
+    ("<class 'ValueError'>:<'cannot reshape'>", "ValueError: cannot reshape"),
+    ("<class 'data_prep.ptbxl.PTBXLFormatError'>:<'a.dat is truncated'>", "PTBXLFormatError: a.dat is truncated"),
+    ("Node Unavailable", "Node Unavailable"),
+    ("  ", "no reason given"),
+])
+def test_client_failure_reason_reads_flower_error_formats(reason, cause):
+    assert client_failure_reason(reason) == cause
 
 
 def _evaluate_reply(strategy, request, metrics):
