@@ -31,6 +31,7 @@ from common.privacy import LaplaceAccuracyRelease
 from common.task import count_correct, evaluate, train_local
 from common.wire import from_array_record, he_record, layer_order, read_he_record, to_array_record
 from data_prep.client_data import client_arrays, split_arrays
+from data_prep.registry import dataset_spec
 from strategies.freezing import rms_change
 from strategies.presets import encrypted_layers_for, weighting_for
 
@@ -110,13 +111,14 @@ def train(msg: Message, context: Context) -> Message:
 
     data = client_arrays(cfg, node)
     t0 = time.time()
+    task = dataset_spec(cfg.dataset).task
     result = train_local(model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                          learning_rate=cfg.learning_rate, seed=cfg.seed * 100_003 + server_round * 101 + node.partition_id,
-                         frozen_layers=frozen, device=_device())
+                         task=task, frozen_layers=frozen, device=_device())
     metrics = {"num-examples": result["num_examples"], "train-loss": result["train_loss"],
                "train-seconds": time.time() - t0}
     if weighting_for(cfg) == "dp-softmax":
-        correct = count_correct(model, data.x_val, data.y_val, device=_device())
+        correct = count_correct(model, data.x_val, data.y_val, task, device=_device())
         # fresh OS entropy: DP noise must not be predictable from the run seed
         metrics["dp-accuracy"] = LaplaceAccuracyRelease(cfg.dp_epsilon).release(
             correct, len(data.y_val), np.random.default_rng())
@@ -144,6 +146,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         if split not in ("val", "test"):
             raise ValueError(f"evaluate split {split!r}; expected 'val' or 'test'")
         x, y = split_arrays(cfg, node, split)
-        report = evaluate(model, x, y, device=_device())
-        metrics.update({f"{split}-{k.replace('_', '-')}": float(v) for k, v in report.items()})
+        report = evaluate(model, x, y, dataset_spec(cfg.dataset).task, device=_device())
+        metrics.update({f"{split}-{k.replace('_', '-')}": v if isinstance(v, list) else float(v)
+                        for k, v in report.items()})
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

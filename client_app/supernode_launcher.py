@@ -8,7 +8,8 @@ key or file and what was expected:
 - ``--node-config`` parses with Flower's own parser (``flwr.common.config.parse_config_args``)
   and names only ``partition-id``, ``num-partitions``, ``data-path`` and ``key-path``,
   all four present, and passes ``common.config.NodeConfig``;
-- ``data-path`` is a PTB-XL folder (``ptbxl_database.csv``, ``scp_statements.csv``, ``records100/``);
+- ``data-path`` has the layout of the default data set (``data_prep.registry``; for PTB-XL
+  ``ptbxl_database.csv``, ``scp_statements.csv``, ``records100/``);
 - ``key-path`` loads as a *private* CKKS context, readable by its owner only (the server
   picks the strategy per run, so a device cannot know that no key will be needed);
 - ``--root-certificates`` is a PEM certificate file and ``--auth-supernode-private-key``
@@ -39,8 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.common.config import parse_config_args
 
-from common.config import ConfigError, NodeConfig, check_ptbxl_folder
+from common.config import ConfigError, NodeConfig
 from common.keys import load_client_context
+from data_prep.registry import DEFAULT_DATASET, check_data_folder
 
 EXIT_INVALID = 2
 SAMPLING_RATE = 100  # the records the ClientApp reads by default (run config sampling-rate)
@@ -81,7 +83,7 @@ def check_node_config(raw: str) -> NodeConfig:
         if not isinstance(values[key], str) or not values[key]:
             raise LaunchError(f"node config: key '{key}' has value {values[key]!r}; expected a non-empty quoted path")
     try:
-        check_ptbxl_folder(values["data-path"], SAMPLING_RATE, key="data-path")
+        check_data_folder(DEFAULT_DATASET, values["data-path"], SAMPLING_RATE)
     except ValueError as err:
         raise LaunchError(f"node config: key 'data-path' has value '{values['data-path']}'; expected {err}") from None
     check_client_key(Path(values["key-path"]))

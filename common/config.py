@@ -13,7 +13,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-SUPPORTED_DATASETS = ("ptbxl",)
+from data_prep.registry import DATASETS, check_data_folder
+
 
 
 class ConfigError(ValueError):
@@ -59,13 +60,17 @@ class RunConfig(BaseModel):
 
     # data
     dataset: str = "ptbxl"
-    sampling_rate: Literal[100, 500] = 100
+    sampling_rate: int = Field(100, ge=1, le=100_000)  # checked against the data set's rates below
     data_path: str = ""
     synthetic_records: int = Field(1000, ge=100, le=200_000)
-    partitioning: Literal["dirichlet", "iid", "site"] = "dirichlet"
+    partitioning: Literal["dirichlet", "iid", "natural"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0.0, le=1e6)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.9)
     seed: int = 42
+    val_subjects: str = ""  # subject-wise data sets: comma-separated ids; empty: the data set's default
+    test_subjects: str = ""
+    window_seconds: float = Field(0.0, ge=0.0, le=3600.0)  # windowed data sets: 0 means the data set's default
+    window_step_seconds: float = Field(0.0, ge=0.0, le=3600.0)
     # model
     model: Literal["hybrid", "classical"] = "hybrid"
     n_qubits: int = Field(4, ge=1, le=10)
@@ -96,8 +101,16 @@ class RunConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value not in SUPPORTED_DATASETS:
-            raise ValueError(f"one of {', '.join(SUPPORTED_DATASETS)}")
+        if value not in DATASETS:
+            raise ValueError(f"one of {', '.join(DATASETS)}")
+        return value
+
+    @field_validator("sampling_rate")
+    @classmethod
+    def _offered_rate(cls, value: int, info: ValidationInfo) -> int:
+        rates = DATASETS[info.data["dataset"]].sampling_rates if info.data.get("dataset") in DATASETS else ()
+        if rates and value not in rates:
+            raise ValueError(f"one of {', '.join(map(str, rates))} (Hz) for dataset '{info.data['dataset']}'")
         return value
 
     @field_validator("results_dir")
@@ -116,6 +129,14 @@ class RunConfig(BaseModel):
         return ",".join(names)
 
     @property
+    def val_subject_ids(self) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.val_subjects.split(",") if v.strip())
+
+    @property
+    def test_subject_ids(self) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.test_subjects.split(",") if v.strip())
+
+    @property
     def he_layer_names(self) -> list[str]:
         return self.he_layers.split(",")
 
@@ -123,7 +144,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _data_folder(cls, value: str, info: ValidationInfo) -> str:
         if value:
-            check_ptbxl_folder(value, info.data.get("sampling_rate", 100), key="data-path")
+            check_data_folder(info.data.get("dataset", "ptbxl"), value, info.data.get("sampling_rate", 100))
         return value
 
     @classmethod
@@ -169,19 +190,3 @@ def _parse(model: type[BaseModel], raw: Mapping[str, Any], kind: str):
         return model.model_validate(dict(raw))
     except ValidationError as err:
         raise ConfigError(_format_validation_error(kind, err, raw)) from None
-
-
-def check_ptbxl_folder(path: str, sampling_rate: int, key: str) -> None:
-    """Fail early when a folder is not in the PhysioNet PTB-XL layout."""
-    root = Path(path)
-    if not root.is_absolute():
-        raise ValueError(f"an absolute path to a PTB-XL folder, got relative path '{path}'")
-    if not root.is_dir():
-        raise ValueError(f"an existing PTB-XL folder, but '{path}' does not exist")
-    missing = [name for name in ("ptbxl_database.csv", "scp_statements.csv") if not (root / name).is_file()]
-    records = "records100" if sampling_rate == 100 else "records500"
-    if not (root / records).is_dir():
-        missing.append(f"{records}/")
-    if missing:
-        raise ValueError(f"a PTB-XL folder holding ptbxl_database.csv, scp_statements.csv and {records}/; "
-                         f"'{path}' lacks {', '.join(missing)}")

@@ -1,7 +1,8 @@
 """The hybrid classical-quantum ECG classifier and its classical twin.
 
-``ECGNet`` = Conv1D feature extractor over a (12, T) signal -> global average pool ->
-``proj`` (linear map to 2**n_qubits features) -> head -> ``fc`` (to 5 class logits).
+``ECGNet`` = Conv1D feature extractor over a (channels, T) window -> global average pool ->
+``proj`` (linear map to 2**n_qubits features) -> head -> ``fc`` (one logit per class). The
+channel and class counts come from the data set's ``DatasetSpec``.
 Hybrid head: amplitude embedding + StronglyEntanglingLayers + Pauli-Z read-out
 (``common.quantum.QuantumLayer``), so ``fc`` maps n_qubits read-outs to the classes.
 Classical head: tanh on the 2**n_qubits features, so ``fc`` maps 2**n_qubits to the classes.
@@ -19,9 +20,8 @@ import torch
 from torch import nn
 
 from common.quantum import QuantumLayer
+from data_prep.registry import dataset_spec
 
-NUM_CLASSES = 5
-NUM_LEADS = 12
 QUANTUM_LAYERS = frozenset({"quantum"})
 
 
@@ -38,26 +38,26 @@ def _conv_block(c_in: int, c_out: int, kernel: int, pool: int) -> nn.Sequential:
 class ECGNet(nn.Module):
     """Conv1D extractor + hybrid (quantum) or classical head for multi-label ECG."""
 
-    def __init__(self, head: str = "hybrid", n_qubits: int = 4, n_layers: int = 2,
-                 quantum_backend: str = "torch", width: int = 32) -> None:
+    def __init__(self, in_channels: int, num_classes: int, head: str = "hybrid", n_qubits: int = 4,
+                 n_layers: int = 2, quantum_backend: str = "torch", width: int = 32) -> None:
         super().__init__()
         if head not in ("hybrid", "classical"):
             raise ValueError(f"head must be 'hybrid' or 'classical', got {head!r}")
         self.head = head
         self.n_qubits = n_qubits
-        self.conv1 = _conv_block(NUM_LEADS, width, 7, 4)
+        self.conv1 = _conv_block(in_channels, width, 7, 4)
         self.conv2 = _conv_block(width, width, 5, 4)
         self.conv3 = _conv_block(width, 2 * width, 5, 2)
         self.conv4 = _conv_block(2 * width, 2 * width, 3, 1)
         self.proj = nn.Linear(2 * width, 2 ** n_qubits)
         if head == "hybrid":
             self.quantum = QuantumLayer(n_qubits, n_layers, backend=quantum_backend)
-            self.fc = nn.Linear(n_qubits, NUM_CLASSES)
+            self.fc = nn.Linear(n_qubits, num_classes)
         else:
-            self.fc = nn.Linear(2 ** n_qubits, NUM_CLASSES)
+            self.fc = nn.Linear(2 ** n_qubits, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Classical part up to the quantum input: (B, 12, T) -> (B, 2**n_qubits)."""
+        """Classical part up to the quantum input: (B, channels, T) -> (B, 2**n_qubits)."""
         h = self.conv4(self.conv3(self.conv2(self.conv1(x))))
         return self.proj(h.mean(dim=-1))
 
@@ -71,9 +71,10 @@ class ECGNet(nn.Module):
 
 
 def build_model(cfg) -> ECGNet:
-    """Model for a ``RunConfig``; the seed makes every client start from the same weights."""
+    """Model for a ``RunConfig``, shaped by its data set's spec; the seed gives every client the same start."""
+    spec = dataset_spec(cfg.dataset)
     torch.manual_seed(cfg.seed)
-    return ECGNet(head=cfg.model, n_qubits=cfg.n_qubits, n_layers=cfg.n_layers,
+    return ECGNet(spec.num_channels, spec.num_classes, head=cfg.model, n_qubits=cfg.n_qubits, n_layers=cfg.n_layers,
                   quantum_backend=cfg.quantum_backend)
 
 

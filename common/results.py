@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.registry import DEFAULT_DATASET, dataset_spec
+
 ROUND_COLUMNS = [
     "round", "seconds", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_macro_auc",
     "train_down_bytes", "train_up_bytes", "eval_down_bytes", "eval_up_bytes", "n_frozen", "dropped",
@@ -108,11 +110,12 @@ class RunRecorder:
 
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         axes[0].plot(xs, series("train", "loss"), marker="o", label="train loss (clients)")
-        axes[0].plot(xs, series("validation", "loss"), marker="o", label="validation loss (fold 9)")
+        spec = dataset_spec(self.payload["config"].get("dataset", DEFAULT_DATASET))
+        axes[0].plot(xs, series("validation", "loss"), marker="o", label=f"{spec.split_label('val')} loss")
         axes[0].set_xlabel("round"); axes[0].set_title("loss"); axes[0].legend()
         for key in ("accuracy", "macro-f1", "macro-auc"):
             axes[1].plot(xs, series("validation", key), marker="o", label=key)
-        axes[1].set_xlabel("round"); axes[1].set_title("validation (fold 9)"); axes[1].legend()
+        axes[1].set_xlabel("round"); axes[1].set_title(spec.split_label("val")); axes[1].legend()
         axes[1].set_ylim(0, 1)
         up = [r["bytes"]["train_up"] / 1e6 for r in rounds]
         down = [r["bytes"]["train_down"] / 1e6 for r in rounds]
@@ -120,7 +123,7 @@ class RunRecorder:
         axes[2].bar(np.array(xs) + 0.2, up, width=0.4, label="clients -> server")
         axes[2].set_xlabel("round"); axes[2].set_ylabel("MB per round (train messages)")
         axes[2].set_title("communication"); axes[2].legend()
-        fig.suptitle(f"{self.payload['config'].get('strategy')} on {self.payload['config'].get('dataset')}")
+        fig.suptitle(f"{self.payload['config'].get('strategy')} on {spec.title}")
         fig.tight_layout()
         path = self.folder / "curves.png"
         fig.savefig(path, dpi=110)

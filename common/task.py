@@ -1,4 +1,10 @@
-"""Local training and evaluation of an ``ECGNet`` on in-memory arrays (Flower's ``task.py``)."""
+"""Local training and evaluation of an ``ECGNet`` on in-memory arrays (Flower's ``task.py``).
+
+The data set's task picks the loss and the output map (``data_prep.spec``):
+- ``multilabel``: binary cross-entropy per class on the logits; probabilities are sigmoids;
+- ``multiclass``: cross-entropy over the classes (targets are one-hot rows); probabilities are
+  the softmax.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,13 @@ from torch import nn
 from common.metrics import classification_report, exact_match_correct
 from common.model import layer_of
 
+TASKS = ("multilabel", "multiclass")
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task {task!r}: expected one of {TASKS}")
+
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
@@ -18,10 +31,19 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
         yield order[start:start + batch_size]
 
 
+def loss_function(task: str):
+    """BCE-with-logits on multi-hot targets, or cross-entropy on the class index of one-hot targets."""
+    _check_task(task)
+    if task == "multilabel":
+        return nn.BCEWithLogitsLoss()
+    cross_entropy = nn.CrossEntropyLoss()
+    return lambda logits, onehot: cross_entropy(logits, onehot.argmax(dim=1))
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
-                learning_rate: float, seed: int, frozen_layers: frozenset[str] = frozenset(),
-                device: str = "cpu") -> dict[str, float]:
-    """Adam on binary cross-entropy over the 5 labels; frozen layers get no gradient at all.
+                learning_rate: float, seed: int, task: str,
+                frozen_layers: frozenset[str] = frozenset(), device: str = "cpu") -> dict[str, float]:
+    """Adam on the task's loss; frozen layers get no gradient at all.
 
     Returns the mean training loss of the last epoch and the number of examples.
     """
@@ -34,7 +56,7 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
         if param.requires_grad:
             trainable.append(param)
     optimizer = torch.optim.Adam(trainable, lr=learning_rate)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_function(task)
     rng = np.random.default_rng(seed)
     xt = torch.as_tensor(x)
     yt = torch.as_tensor(y)
@@ -56,24 +78,35 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """Sigmoid probabilities (N, 5)."""
+def predict(model: nn.Module, x: np.ndarray, task: str, batch_size: int = 256,
+            device: str = "cpu") -> np.ndarray:
+    """(N, classes) probabilities: sigmoids (multi-label) or softmax rows (multi-class)."""
+    _check_task(task)
     model.to(device).eval()
-    out = [torch.sigmoid(model(torch.as_tensor(x[idx]).to(device))).cpu().numpy()
+    squash = torch.sigmoid if task == "multilabel" else (lambda z: torch.softmax(z, dim=1))
+    out = [squash(model(torch.as_tensor(x[idx]).to(device))).cpu().numpy()
            for idx in _batches(len(x), batch_size, None)]
-    return np.concatenate(out) if out else np.zeros((0, 5), dtype=np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), dtype=np.float32)
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str = "cpu") -> dict[str, float]:
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str,
+             device: str = "cpu") -> dict[str, float]:
     """Loss and metrics over every record once (see ``common.metrics``)."""
-    probs = predict(model, x, device=device)
+    probs = predict(model, x, task, device=device)
     if len(x) == 0:
-        return classification_report(y, probs, math.nan)
+        return classification_report(y, probs, math.nan, task)
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return classification_report(y, probs, loss)
+    if task == "multilabel":
+        loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    else:
+        loss = float(-np.mean(np.log(p[np.arange(len(y)), y.argmax(axis=1)])))
+    return classification_report(y, probs, loss, task)
 
 
-def count_correct(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str = "cpu") -> int:
-    """Exact-match correct records: the numerator of the accuracy a client privatises."""
-    return exact_match_correct(y, predict(model, x, device=device))
+def count_correct(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str,
+                  device: str = "cpu") -> int:
+    """Correct records (exact match, or the arg-max class): the numerator of the accuracy a client privatises."""
+    probs = predict(model, x, task, device=device)
+    if task == "multilabel":
+        return exact_match_correct(y, probs)
+    return int(np.sum(probs.argmax(axis=1) == y.argmax(axis=1)))

@@ -1,7 +1,9 @@
-"""Command line: build the PTB-XL cache or write a synthetic PTB-XL folder, and print a summary.
+"""Command line: read a data set's folder (or write a synthetic one) and print a summary.
 
     python -m data_prep ptbxl --src DIR --out DIR [--sampling-rate 100] [--skip-missing-records]
     python -m data_prep synth --out DIR --records N [--seed S] [--sampling-rate 100]
+    python -m data_prep toniot --src DIR
+    python -m data_prep synth-toniot --out DIR --windows N [--seed S]
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 from data_prep.format_error import DataFormatError
 from data_prep.ptbxl import SUPERCLASSES, PTBXLData, load_ptbxl, read_ptbxl_index
 from data_prep.synth_ptbxl import write_synthetic_ptbxl
+from data_prep.synth_toniot import write_synthetic_toniot
+from data_prep.toniot import CLASSES as TONIOT_CLASSES, TonIoTData, load_toniot
 
 
 def _label_summary(labels: np.ndarray, folds: np.ndarray) -> list[str]:
@@ -43,6 +47,18 @@ def _ptbxl_summary(data: PTBXLData, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _toniot_summary(data: TonIoTData, seconds: float) -> str:
+    counts = data.labels.sum(axis=0).astype(int)
+    return "\n".join([
+        f"folder:        {data.cache_path}",
+        "readings:      " + ", ".join(f"{d} {n}" for d, n in data.rows_read.items()),
+        f"windows:       {len(data)} (shape {tuple(data.signals.shape)})",
+        "classes:       " + ", ".join(f"{name} {int(c)}" for name, c in zip(TONIOT_CLASSES, counts)),
+        "splits:        " + ", ".join(f"{s} {len(data.split_indices(s))}" for s in ("train", "val", "test")),
+        f"time:          {seconds:.1f} s",
+    ])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
@@ -57,11 +73,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--records", type=int, required=True, help="number of records")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--sampling-rate", type=int, default=100, choices=(100, 500))
+    toniot = commands.add_parser("toniot", help="read a folder of TON_IoT Train_Test_IoT_<Device>.csv files")
+    toniot.add_argument("--src", type=Path, required=True, help="folder with the device CSV files")
+    synth_toniot = commands.add_parser("synth-toniot", help="write a synthetic set in the TON_IoT file format")
+    synth_toniot.add_argument("--out", type=Path, required=True, help="output folder")
+    synth_toniot.add_argument("--windows", type=int, required=True, help="about this many 32-reading windows")
+    synth_toniot.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     try:
-        if args.command == "ptbxl":
+        if args.command == "toniot":
+            print(_toniot_summary(load_toniot(args.src.resolve()), time.perf_counter() - started))
+        elif args.command == "synth-toniot":
+            if args.windows < 7:
+                parser.error(f"--windows {args.windows}: expected at least 7 (one per device)")
+            print(_toniot_summary(load_toniot(write_synthetic_toniot(args.out, args.windows, args.seed).resolve(),
+                                              verbose=False), time.perf_counter() - started))
+        elif args.command == "ptbxl":
             data = load_ptbxl(args.src, args.sampling_rate, args.out, skip_missing_records=args.skip_missing_records)
             print(_ptbxl_summary(data, time.perf_counter() - started))
         else:

@@ -2,8 +2,8 @@
 
 Every function returns, per client, sorted int64 positions into the array it was given. All clients
 compute the same full partition from the same seed and keep their own share, so no coordination is
-needed. :func:`client_indices` partitions only the training folds (1-8) of PTB-XL; folds 9 and 10 stay
-global validation/test sets.
+needed. :func:`client_indices` partitions only a data set's training records; its validation and test
+splits stay global.
 
 Primary label (used for the Dirichlet label skew of multi-label records): the positive class with the
 fewest positives over the whole given label matrix (ties broken by the lower class index). Rare
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "site")
+SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "natural")
 DEFAULT_MIN_SIZE = 2
 MAX_DIRICHLET_ATTEMPTS = 1000
 
@@ -104,31 +104,33 @@ def dirichlet_partition(
     )
 
 
-def site_partition(sites: np.ndarray, n_clients: int, seed: int) -> list[np.ndarray]:
-    """Whole sites per client: sites sorted by size (ties in a seeded random order) go to the smallest client.
+def natural_partition(groups: np.ndarray, n_clients: int, seed: int) -> list[np.ndarray]:
+    """Whole natural groups (site, subject, device or record) per client, balanced by record count.
 
-    Greedy longest-processing-time balancing; the first ``n_clients`` sites seed one client each, so every
-    client gets at least one site. Which client id receives which group is shuffled with ``seed``. A
-    missing site (-1) counts as one more site. Fewer distinct sites than clients is an error.
+    Greedy longest-processing-time balancing: groups sorted by size (ties in a seeded random order)
+    go to the client with the fewest records so far; the first ``n_clients`` groups seed one client
+    each, so every client gets at least one group, and with as many groups as clients each client
+    gets exactly one. Which client id receives which share is shuffled with ``seed``. A missing
+    group (-1) counts as one more group. Fewer distinct groups than clients is an error.
     """
-    sites = np.asarray(sites).reshape(-1)
-    _check_clients(sites.size, n_clients)
-    site_ids, counts = np.unique(sites, return_counts=True)
-    if site_ids.size < n_clients:
+    groups = np.asarray(groups).reshape(-1)
+    _check_clients(groups.size, n_clients)
+    group_ids, counts = np.unique(groups, return_counts=True)
+    if group_ids.size < n_clients:
         raise ValueError(
-            f"{site_ids.size} distinct sites cannot serve {n_clients} clients: expected >= {n_clients} sites"
+            f"{group_ids.size} distinct groups cannot serve {n_clients} clients: expected >= {n_clients} groups"
         )
     rng = np.random.default_rng(seed)
-    tie_break = rng.permutation(site_ids.size)
-    order = np.lexsort((tie_break, -counts))  # largest site first
+    tie_break = rng.permutation(group_ids.size)
+    order = np.lexsort((tie_break, -counts))  # largest group first
     client_order = rng.permutation(n_clients)
     sizes = np.zeros(n_clients, dtype=np.int64)
     members: list[list[int]] = [[] for _ in range(n_clients)]
     for position in order:
         smallest = client_order[np.argmin(sizes[client_order])]
-        members[smallest].append(site_ids[position])
+        members[smallest].append(group_ids[position])
         sizes[smallest] += counts[position]
-    return [np.flatnonzero(np.isin(sites, group)).astype(np.int64) for group in members]
+    return [np.flatnonzero(np.isin(groups, share)).astype(np.int64) for share in members]
 
 
 def train_val_split(indices: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +152,7 @@ def train_val_split(indices: np.ndarray, val_fraction: float, seed: int) -> tupl
 def client_indices(
     scheme: str,
     labels: np.ndarray,
-    sites: np.ndarray | None,
+    groups: np.ndarray | None,
     train_pool: np.ndarray,
     partition_id: int,
     num_partitions: int,
@@ -162,9 +164,10 @@ def client_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) positions into the full data set for client ``partition_id`` of ``num_partitions``.
 
-    ``train_pool`` holds the positions of the training-fold records (``PTBXLData.split_indices("train")``,
-    strat_fold 1-8); only these are partitioned, with ``scheme`` ('iid', 'dirichlet' with ``alpha`` over
-    :func:`primary_labels` of ``labels[train_pool]``, or 'site' over ``sites[train_pool]``). The client's
+    ``train_pool`` holds the positions of the training records (``split_indices("train")`` of the data
+    set); only these are partitioned, with ``scheme`` ('iid', 'dirichlet' with ``alpha`` over
+    :func:`primary_labels` of ``labels[train_pool]``, or 'natural' over ``groups[train_pool]``, the
+    data set's natural unit of a record). The client's
     share is then split by :func:`train_val_split` with a seed derived from (seed, partition_id). Every
     client must receive at least ``min_size`` records.
     """
@@ -190,16 +193,16 @@ def client_indices(
     elif scheme == "dirichlet":
         parts = dirichlet_partition(labels[pool], num_partitions, alpha, seed, min_size=min_size)
     else:
-        if sites is None:
-            raise ValueError("scheme 'site' needs the per-record sites array")
-        sites = np.asarray(sites).reshape(-1)
-        if sites.size != labels.shape[0]:
-            raise ValueError(f"sites has {sites.size} entries but labels {labels.shape[0]} rows: expected equal")
-        parts = site_partition(sites[pool], num_partitions, seed)
+        if groups is None:
+            raise ValueError("scheme 'natural' needs the per-record groups array")
+        groups = np.asarray(groups).reshape(-1)
+        if groups.size != labels.shape[0]:
+            raise ValueError(f"groups has {groups.size} entries but labels {labels.shape[0]} rows: expected equal")
+        parts = natural_partition(groups[pool], num_partitions, seed)
         smallest = min(part.size for part in parts)
         if smallest < min_size:
             raise ValueError(
-                f"site partition of {pool.size} training-fold records over num_partitions={num_partitions} gives a "
+                f"natural partition of {pool.size} training-fold records over num_partitions={num_partitions} gives a "
                 f"client only {smallest} records (< min_size={min_size}): use fewer clients or another scheme"
             )
     own = np.sort(pool[parts[partition_id]])

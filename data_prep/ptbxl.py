@@ -41,6 +41,7 @@ import wfdb
 
 from data_prep.cache_paths import build_once, default_cache_root
 from data_prep.format_error import DataFormatError
+from data_prep.spec import DatasetSpec
 from data_prep.wfdb_files import truncated_signal_file
 
 SUPERCLASSES: tuple[str, ...] = ("NORM", "MI", "STTC", "CD", "HYP")
@@ -57,6 +58,28 @@ PROGRESS_EVERY = 500
 DATABASE_CSV = "ptbxl_database.csv"
 STATEMENTS_CSV = "scp_statements.csv"
 FILENAME_COLUMN: dict[int, str] = {100: "filename_lr", 500: "filename_hr"}
+
+PTBXL_SPEC = DatasetSpec(
+    name="ptbxl", title="PTB-XL 12-lead ECG (PhysioNet)", channels=LEAD_NAMES, sampling_rates=SAMPLING_RATES,
+    window_seconds=RECORD_SECONDS, classes=SUPERCLASSES, task="multilabel", group="site",
+    splits={"train": "strat_fold 1-8", "val": "strat_fold 9", "test": "strat_fold 10"},
+)
+
+
+def check_ptbxl_folder(path: str, sampling_rate: int) -> None:
+    """Fail early, phrased as what was expected, when a folder is not in the PhysioNet PTB-XL layout."""
+    root = Path(path)
+    if not root.is_absolute():
+        raise ValueError(f"an absolute path to a PTB-XL folder, got relative path '{path}'")
+    if not root.is_dir():
+        raise ValueError(f"an existing PTB-XL folder, but '{path}' does not exist")
+    missing = [name for name in (DATABASE_CSV, STATEMENTS_CSV) if not (root / name).is_file()]
+    records = f"records{sampling_rate}"
+    if not (root / records).is_dir():
+        missing.append(f"{records}/")
+    if missing:
+        raise ValueError(f"a PTB-XL folder holding {DATABASE_CSV}, {STATEMENTS_CSV} and {records}/; "
+                         f"'{path}' lacks {', '.join(missing)}")
 
 
 class PTBXLFormatError(DataFormatError):
@@ -97,6 +120,11 @@ class PTBXLData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The natural group of each record (``PTBXL_SPEC.group``): its recording site."""
+        return self.sites
 
     def split_indices(self, name: str) -> np.ndarray:
         """Sorted positions of the records in split ``name`` ('train': folds 1-8, 'val': 9, 'test': 10)."""

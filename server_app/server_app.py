@@ -23,6 +23,7 @@ from common.keys import load_server_context
 from common.model import QUANTUM_LAYERS, build_model, count_parameters, state_by_layer
 from common.privacy import PrivacyAccountant
 from common.results import RunRecorder, new_run_folder
+from data_prep.registry import dataset_spec
 from server_app.preflight import check_run, check_server_context
 from strategies.layerwise import LayerwiseStrategy, RoundLog
 
@@ -117,6 +118,6 @@ def main(grid: Grid, context: Context) -> None:
     recorder.plot()
     save_final_model(folder, strategy)
     test = recorder.payload.get("test") or {}
-    log(logging.INFO, "Test (fold 10): %s", {k: test.get(k) for k in ("num-examples", "loss", "accuracy",
-                                                                       "macro-f1", "macro-auc")})
+    log(logging.INFO, "%s: %s", dataset_spec(cfg.dataset).split_label("test").capitalize(),
+        {k: test.get(k) for k in ("num-examples", "loss", "accuracy", "macro-f1", "macro-auc")})
     log(logging.INFO, "Results written to %s", folder)

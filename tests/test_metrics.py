@@ -49,3 +49,27 @@ def test_macro_f1_and_exact_match_by_hand():
 def test_empty_split_reports_zero_examples():
     report = classification_report(np.zeros((0, 5)), np.zeros((0, 5)), loss=float("nan"))
     assert report["num_examples"] == 0 and math.isnan(report["accuracy"])
+
+
+def test_multiclass_report_by_hand():
+    # 3 classes, 6 records; predictions are the arg-max of each row
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.5, 0.1, 0.4],
+                      [0.1, 0.1, 0.8]])
+    report = classification_report(np.eye(3)[truth], probs, loss=0.3, task="multiclass")
+    # predicted 0, 1, 1, 1, 0, 2: confusion rows (true) 0: [1, 1, 0], 1: [0, 2, 0], 2: [1, 0, 1]
+    assert report["confusion_matrix"] == [1, 1, 0, 0, 2, 0, 1, 0, 1]
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 2 + 1 / 2) / 3)
+    # F1: class 0 TP 1 FP 1 FN 1 -> 1/2; class 1 TP 2 FP 1 FN 0 -> 4/5; class 2 TP 1 FP 0 FN 1 -> 2/3
+    assert report["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+    ovr = [brute_force_auc((truth == c).astype(int), probs[:, c]) for c in range(3)]
+    assert report["macro_auc"] == pytest.approx(np.mean(ovr))
+
+
+def test_balanced_accuracy_ignores_classes_absent_from_the_targets():
+    truth = np.array([0, 0, 0, 1])
+    probs = np.eye(3)[[0, 0, 2, 1]] * 0.9 + 0.05
+    report = classification_report(np.eye(3)[truth], probs, loss=0.1, task="multiclass")
+    assert report["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert report["confusion_matrix"] == [2, 0, 1, 0, 1, 0, 0, 0, 0]

@@ -10,7 +10,7 @@ from data_prep.partition import (
     dirichlet_partition,
     iid_partition,
     primary_labels,
-    site_partition,
+    natural_partition,
     train_val_split,
 )
 
@@ -83,23 +83,23 @@ def test_smaller_alpha_more_label_skew() -> None:
     assert entropy[0.1] < 0.6 * global_entropy  # strongly skewed
 
 
-def test_site_partition_keeps_sites_whole_and_balances() -> None:
+def test_natural_partition_keeps_groups_whole_and_balances() -> None:
     sites = np.repeat([7, 3, 5, 9, 1], [50, 30, 20, 20, 10])
-    parts = site_partition(sites, 2, seed=0)
+    parts = natural_partition(sites, 2, seed=0)
     assert_disjoint_cover(parts, sites.size)
     for part in parts:
         for site in np.unique(sites[part]):
             assert np.isin(np.flatnonzero(sites == site), part).all()  # the whole site is on this client
     # greedy largest-first: 50 | 30+20 -> tie 50/50 -> +20 on one, +10 on the other -> sizes 60 and 70
     assert sorted(p.size for p in parts) == [60, 70]
-    assert all(np.array_equal(a, b) for a, b in zip(parts, site_partition(sites, 2, seed=0)))
-    with pytest.raises(ValueError, match="5 distinct sites cannot serve 6 clients"):
-        site_partition(sites, 6, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, natural_partition(sites, 2, seed=0)))
+    with pytest.raises(ValueError, match="5 distinct groups cannot serve 6 clients"):
+        natural_partition(sites, 6, seed=0)
 
 
-def test_site_partition_missing_site_is_a_group() -> None:
+def test_natural_partition_missing_group_is_a_group() -> None:
     sites = np.array([-1, -1, 0, 0, 0, 1])
-    parts = site_partition(sites, 3, seed=0)
+    parts = natural_partition(sites, 3, seed=0)
     assert sorted(tuple(sites[p]) for p in parts) == [(-1, -1), (0, 0, 0), (1,)]
 
 
@@ -137,7 +137,7 @@ def test_train_val_split() -> None:
         train_val_split(indices, 1.0, seed=0)
 
 
-@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "site"])
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "natural"])
 def test_client_indices_cover_training_folds_only(scheme: str) -> None:
     rng = np.random.default_rng(0)
     n = 600
@@ -166,10 +166,17 @@ def test_client_indices_errors() -> None:
         client_indices("iid", labels, None, pool, 0, 20)
     with pytest.raises(ValueError, match="scheme 'label'"):
         client_indices("label", labels, None, pool, 0, 2)
-    with pytest.raises(ValueError, match="scheme 'site' needs the per-record sites"):
-        client_indices("site", labels, None, pool, 0, 2)
+    with pytest.raises(ValueError, match="scheme 'natural' needs the per-record groups"):
+        client_indices("natural", labels, None, pool, 0, 2)
     with pytest.raises(ValueError, match=r"train_pool must hold distinct integer positions in \[0, 40\)"):
         client_indices("iid", labels, None, np.array([0, 1, 40]), 0, 1)
     sites = np.array([0] * 29 + [1] * 11)  # site 1 has only one training-fold record
     with pytest.raises(ValueError, match="num_partitions=2 gives a client only 1 records"):
-        client_indices("site", labels, sites, pool, 0, 2)
+        client_indices("natural", labels, sites, pool, 0, 2)
+
+
+def test_natural_partition_with_as_many_groups_as_clients_gives_one_group_each() -> None:
+    groups = np.repeat([4, 8, 15, 16], [5, 40, 12, 3])  # e.g. subjects of very different record counts
+    parts = natural_partition(groups, 4, seed=7)
+    assert sorted(len(np.unique(groups[p])) for p in parts) == [1, 1, 1, 1]
+    assert sorted(int(groups[p][0]) for p in parts) == [4, 8, 15, 16]

@@ -93,7 +93,7 @@ def test_unknown_encrypted_layer_is_named(tmp_path):
     ("dataset='mnist'", 3, "key 'dataset' has value 'mnist'; expected one of ptbxl"),
     ("min-clients=4", 3, "key 'min-clients' has value 4; expected at most the 3 simulated SuperNodes"),
     ("synthetic-records=100", 8, "8 clients need at least 10 training records each, but synthetic-records 100 gives "
-                                 "78 records in folds 1-8"),
+                                 "78 training records (strat_fold 1-8)"),
     ("num-server-rounds=two", 3, "--run-config 'num-server-rounds=two': expected space-separated key=value pairs"),
     ("n-qubit=4", 3, "unknown key 'n-qubit'"),
 ])
