@@ -57,8 +57,8 @@ DEFAULT_VAL_SUBJECTS, DEFAULT_TEST_SUBJECTS = ("105",), ("106",)
 PAMAP2_SPEC = DatasetSpec(
     name="pamap2", title="PAMAP2 physical activity monitoring (UCI)", channels=CHANNELS, sampling_rates=(RATE,),
     window_seconds=DEFAULT_WINDOW_SECONDS, classes=tuple(ACTIVITIES.values()), task="multiclass", group="subject",
-    splits={"train": "the other subjects", "val": f"subject(s) {', '.join(DEFAULT_VAL_SUBJECTS)} by default",
-            "test": f"subject(s) {', '.join(DEFAULT_TEST_SUBJECTS)} by default"},
+    splits={"train": "the other subjects", "val": f"val-subjects, default {', '.join(DEFAULT_VAL_SUBJECTS)}",
+            "test": f"test-subjects, default {', '.join(DEFAULT_TEST_SUBJECTS)}"},
     default_subjects={"val": DEFAULT_VAL_SUBJECTS, "test": DEFAULT_TEST_SUBJECTS},
 )
 
