@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"centralised-{cfg.dataset}-{cfg.model}.json"
     path.write_text(json.dumps(result, indent=1))
     test = result["test"]
-    print(f"{cfg.dataset} {cfg.model}: test accuracy {test['accuracy']:.3f} (chance {result['chance']['accuracy']:.3f}), "
+    chance = result["chance"]["accuracy"]
+    print(f"{cfg.dataset} {cfg.model}: test accuracy {test['accuracy']:.3f} (chance {chance:.3f}), "
           f"macro-AUC {test['macro_auc']:.3f} (chance 0.5), macro-F1 {test['macro_f1']:.3f}, best epoch "
           f"{result['best_epoch']}/{args.epochs}; written to {path}")
     return 0

@@ -91,7 +91,8 @@ def read_subject(path: Path) -> pd.DataFrame:
                 if numbers is None else numbers
         except pd.errors.ParserError as err:  # rows of different lengths: pandas names the line
             reason = " ".join(str(err).split())
-            raise DataFormatError(f"{path}: {reason}; expected {len(COLUMNS)} space-separated columns per row") from None
+            raise DataFormatError(f"{path}: {reason}; expected {len(COLUMNS)} space-separated columns per row") \
+                from None
         if table.shape[1] != len(COLUMNS):
             raise DataFormatError(f"{path}: {table.shape[1]} columns, expected {len(COLUMNS)} (PAMAP2 Protocol format)")
         coerced = table.apply(pd.to_numeric, errors="coerce")
@@ -136,7 +137,8 @@ def _fill_segment(values: np.ndarray) -> np.ndarray:
     hr = pd.Series(out[:, 0]).ffill().bfill().to_numpy()
     out[:, 0] = hr
     for c in range(1, out.shape[1]):
-        column = pd.Series(out[:, c]).interpolate(method="linear", limit=MAX_GAP, limit_area="inside").to_numpy(copy=True)
+        column = pd.Series(out[:, c]).interpolate(method="linear", limit=MAX_GAP,
+                                                  limit_area="inside").to_numpy(copy=True)
         valid = np.flatnonzero(~np.isnan(column))
         if valid.size:  # a short loss at the segment's edge holds the nearest reading
             if valid[0] <= MAX_GAP:
