@@ -4,6 +4,10 @@
     python -m data_prep synth --out DIR --records N [--seed S] [--sampling-rate 100]
     python -m data_prep toniot --src DIR
     python -m data_prep synth-toniot --out DIR --windows N [--seed S]
+    python -m data_prep pamap2 --src DIR [--val-subjects 105] [--test-subjects 106]
+    python -m data_prep synth-pamap2 --out DIR --windows N [--seed S]
+
+Data sets, their layouts, tasks and splits: README.md, section Data.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.format_error import DataFormatError
+from data_prep.pamap2 import ACTIVITIES, PAMAP2Data, load_pamap2
+from data_prep.spec import ReadOptions
+from data_prep.synth_pamap2 import write_synthetic_pamap2
 from data_prep.ptbxl import SUPERCLASSES, PTBXLData, load_ptbxl, read_ptbxl_index
 from data_prep.synth_ptbxl import write_synthetic_ptbxl
 from data_prep.synth_toniot import write_synthetic_toniot
@@ -59,6 +66,18 @@ def _toniot_summary(data: TonIoTData, seconds: float) -> str:
     ])
 
 
+def _pamap2_summary(data: PAMAP2Data, seconds: float) -> str:
+    counts = data.labels.sum(axis=0).astype(int)
+    return "\n".join([
+        f"folder:        {data.cache_path}",
+        f"subjects:      {', '.join(data.subjects)}",
+        f"windows:       {len(data)} (shape {tuple(data.signals.shape)}), {data.windows_dropped_nan} dropped for gaps",
+        "classes:       " + ", ".join(f"{name} {int(c)}" for name, c in zip(ACTIVITIES.values(), counts)),
+        "splits:        " + ", ".join(f"{s} {len(data.split_indices(s))}" for s in ("train", "val", "test")),
+        f"time:          {seconds:.1f} s",
+    ])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
@@ -79,11 +98,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth_toniot.add_argument("--out", type=Path, required=True, help="output folder")
     synth_toniot.add_argument("--windows", type=int, required=True, help="about this many 32-reading windows")
     synth_toniot.add_argument("--seed", type=int, default=0)
+    pamap2 = commands.add_parser("pamap2", help="read a PAMAP2 folder (Protocol/subject1XX.dat)")
+    pamap2.add_argument("--src", type=Path, required=True, help="folder holding Protocol/")
+    pamap2.add_argument("--val-subjects", default="", help="comma-separated subject ids (default 105)")
+    pamap2.add_argument("--test-subjects", default="", help="comma-separated subject ids (default 106)")
+    synth_pamap2 = commands.add_parser("synth-pamap2", help="write a synthetic set in the PAMAP2 Protocol format")
+    synth_pamap2.add_argument("--out", type=Path, required=True, help="output folder")
+    synth_pamap2.add_argument("--windows", type=int, required=True, help="about this many default windows")
+    synth_pamap2.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     try:
-        if args.command == "toniot":
+        if args.command in ("pamap2", "synth-pamap2"):
+            if args.command == "pamap2":
+                ids = {key: tuple(v.strip() for v in getattr(args, key).split(",") if v.strip())
+                       for key in ("val_subjects", "test_subjects")}
+                root, options = args.src.resolve(), ReadOptions(**ids)
+            else:
+                root, options = write_synthetic_pamap2(args.out, args.windows, args.seed).resolve(), ReadOptions()
+            print(_pamap2_summary(load_pamap2(root, options, verbose=False), time.perf_counter() - started))
+        elif args.command == "toniot":
             print(_toniot_summary(load_toniot(args.src.resolve()), time.perf_counter() - started))
         elif args.command == "synth-toniot":
             if args.windows < 7:

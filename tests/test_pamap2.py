@@ -123,3 +123,14 @@ def test_generator_writes_the_protocol_format_with_every_activity(tmp_path: Path
     assert data.signals.shape[1:] == (31, 512)
     for split in ("train", "val", "test"):
         assert data.labels[data.split_indices(split)].sum(axis=0).min() >= 1  # every activity in every split
+
+
+def test_cli_summarises_and_names_an_unknown_subject(tmp_path: Path, capsys) -> None:
+    from data_prep.__main__ import main
+
+    for subject in ("101", "102", "103"):  # default windows (512 ticks every 256): 3 walking + 1 lying each
+        write(tmp_path, subject, protocol_rows([(4, 1100), (0, 20), (1, 700)]))
+    assert main(["pamap2", "--src", str(tmp_path), "--val-subjects", "102", "--test-subjects", "103"]) == 0
+    assert "splits:        train 4, val 4, test 4" in capsys.readouterr().out
+    assert main(["pamap2", "--src", str(tmp_path), "--val-subjects", "102", "--test-subjects", "110"]) == 2
+    assert "names subject(s) ['110']" in capsys.readouterr().err.splitlines()[-1]
