@@ -109,6 +109,7 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"server asks to encrypt {packing}; this client's run config gives "
                          f"{sorted(set(encrypted) - frozen)}")
 
+    node.dataset_for(cfg)
     data = client_arrays(cfg, node)
     t0 = time.time()
     task = dataset_spec(cfg.dataset).task

@@ -6,10 +6,10 @@ at start what the ClientApp will need and exits with status 2 and one message na
 key or file and what was expected:
 
 - ``--node-config`` parses with Flower's own parser (``flwr.common.config.parse_config_args``)
-  and names only ``partition-id``, ``num-partitions``, ``data-path`` and ``key-path``,
-  all four present, and passes ``common.config.NodeConfig``;
-- ``data-path`` has the layout of the default data set (``data_prep.registry``; for PTB-XL
-  ``ptbxl_database.csv``, ``scp_statements.csv``, ``records100/``);
+  and names ``partition-id``, ``num-partitions``, ``data-path`` and ``key-path``, all four
+  present, and optionally ``dataset``, and passes ``common.config.NodeConfig``;
+- ``data-path`` has the layout of the node's ``dataset`` (default ``ptbxl``: ``ptbxl_database.csv``,
+  ``scp_statements.csv``, ``records100/``; see ``data_prep.registry``);
 - ``key-path`` loads as a *private* CKKS context, readable by its owner only (the server
   picks the strategy per run, so a device cannot know that no key will be needed);
 - ``--root-certificates`` is a PEM certificate file and ``--auth-supernode-private-key``
@@ -42,11 +42,12 @@ from flwr.common.config import parse_config_args
 
 from common.config import ConfigError, NodeConfig
 from common.keys import load_client_context
-from data_prep.registry import DEFAULT_DATASET, check_data_folder
+from data_prep.registry import DATASETS, DEFAULT_DATASET, check_data_folder
 
 EXIT_INVALID = 2
 SAMPLING_RATE = 100  # the records the ClientApp reads by default (run config sampling-rate)
 NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "key-path")
+OPTIONAL_NODE_CONFIG_KEYS = ("dataset",)
 # the key=value pattern of flwr.common.config.parse_config_args: text it does not match is silently dropped
 FLWR_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -66,9 +67,10 @@ def parse_node_config(raw: str) -> dict[str, Any]:
         values = parse_config_args([raw])
     except ClickException as err:
         raise LaunchError(f"--node-config '{raw}' does not parse: {err.message}") from None
-    unknown = sorted(set(values) - set(NODE_CONFIG_KEYS))
+    unknown = sorted(set(values) - set(NODE_CONFIG_KEYS) - set(OPTIONAL_NODE_CONFIG_KEYS))
     if unknown:
-        raise LaunchError(f"--node-config: unknown key(s) {unknown}; expected only {list(NODE_CONFIG_KEYS)}")
+        raise LaunchError(f"--node-config: unknown key(s) {unknown}; expected only "
+                          f"{list(NODE_CONFIG_KEYS + OPTIONAL_NODE_CONFIG_KEYS)}")
     missing = [key for key in NODE_CONFIG_KEYS if key not in values]
     if missing:
         raise LaunchError(f"--node-config: missing key(s) {missing}; a device needs all of {list(NODE_CONFIG_KEYS)} "
@@ -82,8 +84,11 @@ def check_node_config(raw: str) -> NodeConfig:
     for key in ("data-path", "key-path"):
         if not isinstance(values[key], str) or not values[key]:
             raise LaunchError(f"node config: key '{key}' has value {values[key]!r}; expected a non-empty quoted path")
+    dataset = values.get("dataset") or DEFAULT_DATASET
+    if dataset not in DATASETS:
+        raise LaunchError(f"node config: key 'dataset' has value {dataset!r}; expected one of {', '.join(DATASETS)}")
     try:
-        check_data_folder(DEFAULT_DATASET, values["data-path"], SAMPLING_RATE)
+        check_data_folder(dataset, values["data-path"], SAMPLING_RATE)
     except ValueError as err:
         raise LaunchError(f"node config: key 'data-path' has value '{values['data-path']}'; expected {err}") from None
     check_client_key(Path(values["key-path"]))

@@ -167,11 +167,14 @@ class NodeConfig(BaseModel):
 
     partition_id: int = Field(ge=0)
     num_partitions: int = Field(ge=1)
+    dataset: str = ""  # this node's data set; empty: the run's
     data_path: str = ""
     key_path: str = ""
 
     @model_validator(mode="after")
     def _checks(self) -> "NodeConfig":
+        if self.dataset and self.dataset not in DATASETS:
+            raise ValueError(f"dataset '{self.dataset}' to be one of {', '.join(DATASETS)}")
         if self.partition_id >= self.num_partitions:
             raise ValueError(f"partition-id {self.partition_id} to be < num-partitions {self.num_partitions}")
         if self.key_path and not Path(self.key_path).is_file():
@@ -183,6 +186,13 @@ class NodeConfig(BaseModel):
     @classmethod
     def from_flower(cls, raw: Mapping[str, Any]) -> "NodeConfig":
         return _parse(cls, raw, "node config")
+
+    def dataset_for(self, run: RunConfig) -> str:
+        """The data set this node trains on; federated averaging needs the run's own (one input shape)."""
+        if self.dataset and self.dataset != run.dataset:
+            raise ConfigError(f"node config: key 'dataset' has value '{self.dataset}'; expected the run's dataset "
+                              f"'{run.dataset}' (federated averaging needs one model shape) or no dataset key")
+        return run.dataset
 
 
 def _parse(model: type[BaseModel], raw: Mapping[str, Any], kind: str):

@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from client_app import supernode_launcher
-from client_app.supernode_launcher import EXIT_INVALID, main
+from client_app.supernode_launcher import EXIT_INVALID, LaunchError, check_node_config, main
+from common.config import ConfigError, NodeConfig, RunConfig
 from common.keys import generate_keys
+from data_prep.synth_toniot import write_synthetic_toniot
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -157,3 +159,17 @@ def test_as_a_process_a_bad_config_exits_2_with_one_line(files):
     assert proc.stderr.strip().splitlines() == [
         "supernode_launcher: error: node config: key 'data-path' has value '/nonexistent/ptbxl'; expected an "
         "existing PTB-XL folder, but '/nonexistent/ptbxl' does not exist"]
+
+
+def test_node_dataset_is_checked_against_its_own_layout_and_the_run(tmp_path):
+    toniot = write_synthetic_toniot(tmp_path / "toniot", n_windows=14, seed=0)
+    with pytest.raises(LaunchError, match="key 'dataset' has value 'mnist'; expected one of ptbxl, pamap2, toniot"):
+        check_node_config(f"partition-id=0 num-partitions=2 dataset='mnist' data-path='{toniot}' key-path='/k'")
+    with pytest.raises(LaunchError, match=f"key 'data-path' has value '{toniot}'; expected a PTB-XL folder"):
+        check_node_config(f"partition-id=0 num-partitions=2 data-path='{toniot}' key-path='/k'")
+    with pytest.raises(LaunchError, match="key-path"):  # the TON_IoT folder passes; the key is checked next
+        check_node_config(f"partition-id=0 num-partitions=2 dataset='toniot' data-path='{toniot}' key-path='/k'")
+    node = NodeConfig.from_flower({"partition-id": 0, "num-partitions": 2, "dataset": "toniot"})
+    assert node.dataset_for(RunConfig(dataset="toniot")) == "toniot"
+    with pytest.raises(ConfigError, match="key 'dataset' has value 'toniot'; expected the run's dataset 'ptbxl'"):
+        node.dataset_for(RunConfig())
