@@ -1,13 +1,14 @@
 """Run ``flwr run .`` in a project-local Flower home, say whether it worked, and stop what it started.
 
-1. Checks, before any Flower or Ray process exists: the run config (``pyproject.toml`` defaults
-   merged with ``--run-config``, as Flower merges them), the federation against the data, and the
-   data themselves (parsed once into the cache the simulated clients open).
+1. Checks the run config (``pyproject.toml`` defaults merged with ``--run-config``, as Flower
+   merges them) against the simulated federation.
 2. Refuses to start while another simulation owns this Flower home or the local SuperLink's fixed
    ports (127.0.0.1:39091 and 39093, or ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` /
    ``FLWR_LOCAL_CONTROL_API_PORT``); a SuperLink of this home that no runner owns is a leftover of
    an interrupted run and is stopped.
-3. Writes ``$FLWR_HOME/config.toml`` with the simulation federation, sets the environment the
+3. Checks the data (parsed once into the cache the simulated clients open) and the federation
+   size against it. Steps 1-3 happen before any Flower or Ray process exists.
+4. Writes ``$FLWR_HOME/config.toml`` with the simulation federation, sets the environment the
    project needs (no runtime dependency installation, no telemetry, no update check), runs
    ``flwr run . local --stream``, asks the SuperLink how the run ended (``flwr ls``), and stops the
    SuperLink and every process below it, by process id.
@@ -169,10 +170,16 @@ def run_config_from_overrides(overrides: str, app_dir: Path = PROJECT) -> RunCon
     return RunConfig.from_flower(defaults | parsed)
 
 
-def preflight(overrides: str, num_supernodes: int, app_dir: Path = PROJECT) -> None:
-    """Every check that needs no federation; raises ConfigError or DataFormatError."""
+def check_config(overrides: str, num_supernodes: int, app_dir: Path = PROJECT) -> RunConfig:
+    """The checks that read no data (a second): the run config and the simulated federation; raises ConfigError."""
     cfg = run_config_from_overrides(overrides, app_dir)
     check_simulated_nodes(cfg, num_supernodes)
+    return cfg
+
+
+def check_data(cfg: RunConfig, num_supernodes: int) -> None:
+    """The checks that read the data (parsed into the clients' cache, so possibly minutes once); raises
+    ConfigError or DataFormatError."""
     check_run(cfg, num_supernodes, parse_records=True)
 
 
@@ -312,17 +319,21 @@ def run_simulation(run_config: str = "", num_supernodes: int = 10, flwr_home: Pa
     deployment. With ``capture`` the output is returned instead of printed.
     """
     flwr_home = Path(flwr_home).resolve()
-    if check:
-        try:
-            preflight(run_config, num_supernodes, app_dir)
-        except (ConfigError, DataFormatError) as err:
-            return SimulationResult(EXIT_INVALID, reason=_one_line(err))
+    try:
+        cfg = check_config(run_config, num_supernodes, app_dir) if check else None
+    except ConfigError as err:
+        return SimulationResult(EXIT_INVALID, reason=_one_line(err))
     env = flower_env(flwr_home, http_port, control_port)
     ports = [http_port or int(env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", DEFAULT_HTTP_PORT)),
              control_port or int(env.get("FLWR_LOCAL_CONTROL_API_PORT", DEFAULT_CONTROL_PORT))]
     try:
-        with SimulationLock(flwr_home):
+        with SimulationLock(flwr_home):  # before the data checks: a second run stops at once, not minutes later
             claim_ports(flwr_home, ports)
+            if cfg is not None:
+                try:
+                    check_data(cfg, num_supernodes)
+                except (ConfigError, DataFormatError) as err:
+                    return SimulationResult(EXIT_INVALID, reason=_one_line(err))
             return _run_flwr(run_config, num_supernodes, flwr_home, app_dir, env, timeout, capture)
     except SimulationBusy as err:
         return SimulationResult(EXIT_FAILED, reason=str(err))

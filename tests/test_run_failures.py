@@ -102,7 +102,8 @@ def test_checks_before_the_federation_return_status_2(tmp_path, run_config, node
     result = run_simulation(run_config, num_supernodes=nodes, flwr_home=home, capture=True)
     assert result.returncode == EXIT_INVALID and message in result.reason, result.reason
     assert "\n" not in result.reason and result.run_id is None
-    assert not home.exists()  # not even the federation file: nothing of Flower's was started
+    # not even the federation file: nothing of Flower's was started (the runner's own lock file may exist)
+    assert not (home / "config.toml").exists() and not (home / "local-superlink").exists()
 
 
 def test_database_without_strat_fold_is_named(tmp_path, synthetic_root):
@@ -151,7 +152,7 @@ def test_second_simulation_refuses_to_start_and_leaves_the_first_alone(tmp_path)
     first_out = open(tmp_path / "first.txt", "w")
     first = subprocess.Popen([sys.executable, "-m", "server_app.simulation_runner", "--supernodes", "2",
                               "--flwr-home", str(first_home), "--run-config",
-                              "num-server-rounds=2 local-epochs=1 synthetic-records=300 strategy='fedavg' "
+                              "num-server-rounds=3 local-epochs=1 synthetic-records=300 strategy='fedavg' "
                               f"results-dir='{tmp_path / 'results'}'"],
                              cwd=PROJECT, stdout=first_out, stderr=subprocess.STDOUT, text=True)
     try:
@@ -159,12 +160,13 @@ def test_second_simulation_refuses_to_start_and_leaves_the_first_alone(tmp_path)
         while not (superlinks := superlink_pids(first_home.resolve())):
             assert first.poll() is None and time.time() < deadline, (tmp_path / "first.txt").read_text()[-3000:]
             time.sleep(0.2)
-        status, lines, children = run_cli(tmp_path, "num-server-rounds=1", home=first_home)
-        assert status == EXIT_FAILED
+        # a built-in set of another size: home and ports are checked before any data is built, so this stops at once
+        status, lines, children = run_cli(tmp_path, "synthetic-records=5000", home=first_home)
+        assert status == EXIT_FAILED, lines[-5:]
         assert lines[-1] == (f"error: another simulation (runner pid {first.pid}) is running in the Flower home "
                              f"{first_home.resolve()}; wait for it to finish or stop it first")
         assert not [c for c in children if any(name in c for name in FLOWER_OR_RAY)]
-        status, lines, children = run_cli(tmp_path, "num-server-rounds=1", home=other_home)
+        status, lines, children = run_cli(tmp_path, "synthetic-records=5000", home=other_home)
         assert status == EXIT_FAILED
         assert lines[-1].startswith(f"error: port 39091 on 127.0.0.1, which the local SuperLink needs, is in use "
                                     f"by pid {superlinks[0]}: ")
