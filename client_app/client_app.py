@@ -109,10 +109,9 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"server asks to encrypt {packing}; this client's run config gives "
                          f"{sorted(set(encrypted) - frozen)}")
 
-    node.dataset_for(cfg)
+    task = dataset_spec(node.dataset_for(cfg)).task
     data = client_arrays(cfg, node)
     t0 = time.time()
-    task = dataset_spec(cfg.dataset).task
     result = train_local(model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                          learning_rate=cfg.learning_rate, seed=cfg.seed * 100_003 + server_round * 101 + node.partition_id,
                          task=task, frozen_layers=frozen, device=_device())
@@ -142,12 +141,13 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     model = build_model(cfg)
     changes, _ = _restore_global(model, msg, context, node)
     metrics: dict[str, float] = {f"delta-rms-{layer}": value for layer, value in changes.items()}
+    task = dataset_spec(node.dataset_for(cfg)).task
     splits = str(config.get("split", "val")).split("+")
     for split in splits:
         if split not in ("val", "test"):
             raise ValueError(f"evaluate split {split!r}; expected 'val' or 'test'")
         x, y = split_arrays(cfg, node, split)
-        report = evaluate(model, x, y, dataset_spec(cfg.dataset).task, device=_device())
+        report = evaluate(model, x, y, task, device=_device())
         metrics.update({f"{split}-{k.replace('_', '-')}": v if isinstance(v, list) else float(v)
                         for k, v in report.items()})
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

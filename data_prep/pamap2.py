@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.format_error import DataFormatError
-from data_prep.spec import DatasetSpec, ReadOptions
+from data_prep.spec import SPLIT_CODES, DatasetSpec, ReadOptions, split_positions
 
 IMUS = ("hand", "chest", "ankle")
 IMU_COLUMNS = ("temperature", "acc16_x", "acc16_y", "acc16_z", "acc6_x", "acc6_y", "acc6_z", "gyro_x", "gyro_y",
@@ -154,7 +154,7 @@ class PAMAP2Data:
     signals: np.ndarray  # (N, 31, window) float32
     labels: np.ndarray  # (N, 12) one-hot
     groups: np.ndarray  # (N,) int64 subject id (101..)
-    split: np.ndarray  # (N,) 0 train, 1 val, 2 test
+    split: np.ndarray  # (N,) SPLIT_CODES
     channel_mean: np.ndarray
     channel_std: np.ndarray
     cache_path: Path
@@ -165,10 +165,7 @@ class PAMAP2Data:
         return int(self.labels.shape[0])
 
     def split_indices(self, name: str) -> np.ndarray:
-        codes = {"train": 0, "val": 1, "test": 2}
-        if name not in codes:
-            raise ValueError(f"split name {name!r}: expected one of {sorted(codes)}")
-        return np.flatnonzero(self.split == codes[name]).astype(np.int64)
+        return split_positions(self.split, name)
 
     def standardised(self, idx: np.ndarray | list[int]) -> np.ndarray:
         raw = self.signals[np.asarray(idx, dtype=np.int64).reshape(-1)]
@@ -218,10 +215,10 @@ def load_pamap2(root: str | Path, options: ReadOptions, verbose: bool = True) ->
     if not signals:
         raise DataFormatError(f"{root / 'Protocol'}: no complete {window}-sample window of a protocol activity")
     group_array = np.array(groups, dtype=np.int64)
-    split = np.where(np.isin(group_array, [int(s) for s in test]), 2,
-                     np.where(np.isin(group_array, [int(s) for s in val]), 1, 0))
+    split = np.where(np.isin(group_array, [int(s) for s in test]), SPLIT_CODES["test"],
+                     np.where(np.isin(group_array, [int(s) for s in val]), SPLIT_CODES["val"], SPLIT_CODES["train"]))
     stacked = np.stack(signals)
-    train = stacked[split == 0]
+    train = stacked[split == SPLIT_CODES["train"]]
     if not len(train):
         raise DataFormatError(f"{root / 'Protocol'}: every subject is a validation or test subject; expected some "
                               "training subjects")

@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 Task = Literal["multilabel", "multiclass"]
+SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}  # per-record split of readers without folds
 Group = Literal["site", "subject", "device", "record"]
 
 
@@ -68,3 +71,10 @@ class ReadOptions:
     test_subjects: tuple[str, ...] = ()
     window_seconds: float = 0.0
     window_step_seconds: float = 0.0
+
+
+def split_positions(split: np.ndarray, name: str) -> np.ndarray:
+    """Sorted positions of the records whose split code (:data:`SPLIT_CODES`) is split ``name``."""
+    if name not in SPLIT_CODES:
+        raise ValueError(f"split name {name!r}: expected one of {sorted(SPLIT_CODES)}")
+    return np.flatnonzero(split == SPLIT_CODES[name]).astype(np.int64)

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.format_error import DataFormatError
-from data_prep.spec import DatasetSpec
+from data_prep.spec import SPLIT_CODES, DatasetSpec, split_positions
 
 DEVICE_FEATURES: dict[str, tuple[str, ...]] = {
     "Fridge": ("fridge_temperature", "temp_condition"),
@@ -62,7 +62,6 @@ CLASSES: tuple[str, ...] = ("normal", "backdoor", "ddos", "dos", "injection", "m
 WINDOW = 32
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SPLIT_SEED = 0
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 DATE_FORMAT = "%d-%b-%y %H:%M:%S"
 
 TONIOT_SPEC = DatasetSpec(
@@ -108,9 +107,7 @@ class TonIoTData:
         return int(self.labels.shape[0])
 
     def split_indices(self, name: str) -> np.ndarray:
-        if name not in SPLIT_CODES:
-            raise ValueError(f"split name {name!r}: expected one of {sorted(SPLIT_CODES)}")
-        return np.flatnonzero(self.split == SPLIT_CODES[name]).astype(np.int64)
+        return split_positions(self.split, name)
 
     def standardised(self, idx: np.ndarray | list[int]) -> np.ndarray:
         positions = np.asarray(idx, dtype=np.int64).reshape(-1)
