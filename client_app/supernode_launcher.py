@@ -45,7 +45,6 @@ from common.keys import load_client_context
 from data_prep.registry import DATASETS, DEFAULT_DATASET, check_data_folder
 
 EXIT_INVALID = 2
-SAMPLING_RATE = 100  # the records the ClientApp reads by default (run config sampling-rate)
 NODE_CONFIG_KEYS = ("partition-id", "num-partitions", "data-path", "key-path")
 OPTIONAL_NODE_CONFIG_KEYS = ("dataset",)
 # the key=value pattern of flwr.common.config.parse_config_args: text it does not match is silently dropped
@@ -88,7 +87,8 @@ def check_node_config(raw: str) -> NodeConfig:
     if dataset not in DATASETS:
         raise LaunchError(f"node config: key 'dataset' has value {dataset!r}; expected one of {', '.join(DATASETS)}")
     try:
-        check_data_folder(dataset, values["data-path"], SAMPLING_RATE)
+        rates = DATASETS[dataset].sampling_rates  # the rate a run reads by default (run config sampling-rate 0)
+        check_data_folder(dataset, values["data-path"], rates[0] if rates else 0)
     except ValueError as err:
         raise LaunchError(f"node config: key 'data-path' has value '{values['data-path']}'; expected {err}") from None
     check_client_key(Path(values["key-path"]))

@@ -60,7 +60,7 @@ class RunConfig(BaseModel):
 
     # data
     dataset: str = "ptbxl"
-    sampling_rate: int = Field(100, ge=1, le=100_000)  # checked against the data set's rates below
+    sampling_rate: int = Field(0, ge=0, le=100_000, validate_default=True)  # 0: the data set's first rate
     data_path: str = ""
     synthetic_records: int = Field(1000, ge=100, le=200_000)
     partitioning: Literal["dirichlet", "iid", "natural"] = "dirichlet"
@@ -109,6 +109,8 @@ class RunConfig(BaseModel):
     @classmethod
     def _offered_rate(cls, value: int, info: ValidationInfo) -> int:
         rates = DATASETS[info.data["dataset"]].sampling_rates if info.data.get("dataset") in DATASETS else ()
+        if value == 0:
+            return rates[0] if rates else 0
         if rates and value not in rates:
             raise ValueError(f"one of {', '.join(map(str, rates))} (Hz) for dataset '{info.data['dataset']}'")
         return value

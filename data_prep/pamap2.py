@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from data_prep.format_error import DataFormatError
-from data_prep.spec import SPLIT_CODES, DatasetSpec, ReadOptions, split_positions
+from data_prep.spec import SPLIT_CODES, DatasetSpec, ReadOptions
+from data_prep.windows import WindowSet, check_held_out, train_scale
 
 IMUS = ("hand", "chest", "ankle")
 IMU_COLUMNS = ("temperature", "acc16_x", "acc16_y", "acc16_z", "acc6_x", "acc6_y", "acc6_z", "gyro_x", "gyro_y",
@@ -150,26 +151,9 @@ def _fill_segment(values: np.ndarray) -> np.ndarray:
 
 
 @dataclass(eq=False)
-class PAMAP2Data:
-    signals: np.ndarray  # (N, 31, window) float32
-    labels: np.ndarray  # (N, 12) one-hot
-    groups: np.ndarray  # (N,) int64 subject id (101..)
-    split: np.ndarray  # (N,) SPLIT_CODES
-    channel_mean: np.ndarray
-    channel_std: np.ndarray
-    cache_path: Path
+class PAMAP2Data(WindowSet):
     windows_dropped_nan: int = 0
     subjects: tuple[str, ...] = field(default_factory=tuple)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def split_indices(self, name: str) -> np.ndarray:
-        return split_positions(self.split, name)
-
-    def standardised(self, idx: np.ndarray | list[int]) -> np.ndarray:
-        raw = self.signals[np.asarray(idx, dtype=np.int64).reshape(-1)]
-        return ((raw - self.channel_mean[None, :, None]) / self.channel_std[None, :, None]).astype(np.float32)
 
 
 def load_pamap2(root: str | Path, options: ReadOptions, verbose: bool = True) -> PAMAP2Data:
@@ -182,14 +166,7 @@ def load_pamap2(root: str | Path, options: ReadOptions, verbose: bool = True) ->
     files = subject_files(root)
     val = options.val_subjects or DEFAULT_VAL_SUBJECTS
     test = options.test_subjects or DEFAULT_TEST_SUBJECTS
-    for key, chosen in (("val-subjects", val), ("test-subjects", test)):
-        missing = [s for s in chosen if s not in files]
-        if missing:
-            raise DataFormatError(f"run config: key '{key}' names subject(s) {missing} that {root / 'Protocol'} "
-                                  f"does not hold; expected some of {sorted(files)}")
-    if set(val) & set(test):
-        raise DataFormatError(f"run config: subjects {sorted(set(val) & set(test))} are in both val-subjects and "
-                              "test-subjects; expected disjoint sets")
+    check_held_out(val, test, sorted(files), root / "Protocol")
     window = int(round((options.window_seconds or DEFAULT_WINDOW_SECONDS) * RATE))
     step = int(round((options.window_step_seconds or DEFAULT_STEP_SECONDS) * RATE))
     kept = [COLUMNS.index(c) for c in CHANNELS]
@@ -218,13 +195,7 @@ def load_pamap2(root: str | Path, options: ReadOptions, verbose: bool = True) ->
     split = np.where(np.isin(group_array, [int(s) for s in test]), SPLIT_CODES["test"],
                      np.where(np.isin(group_array, [int(s) for s in val]), SPLIT_CODES["val"], SPLIT_CODES["train"]))
     stacked = np.stack(signals)
-    train = stacked[split == SPLIT_CODES["train"]]
-    if not len(train):
-        raise DataFormatError(f"{root / 'Protocol'}: every subject is a validation or test subject; expected some "
-                              "training subjects")
-    mean = train.mean(axis=(0, 2), dtype=np.float64)
-    std = train.std(axis=(0, 2), dtype=np.float64)
-    std[std <= 0] = 1.0
+    mean, std = train_scale(stacked, split, root / "Protocol")
     return PAMAP2Data(signals=stacked, labels=np.eye(len(classes), dtype=np.float32)[labels], groups=group_array,
-                      split=split, channel_mean=mean.astype(np.float32), channel_std=std.astype(np.float32),
+                      split=split, channel_mean=mean, channel_std=std,
                       cache_path=root.resolve(), windows_dropped_nan=dropped, subjects=tuple(files))

@@ -14,13 +14,17 @@ from typing import Callable
 
 import numpy as np
 
+from data_prep.mimic import MIMIC_SPEC, check_mimic_folder, load_mimic
 from data_prep.pamap2 import PAMAP2_SPEC, check_pamap2_folder, load_pamap2
 from data_prep.ptbxl import PTBXL_SPEC, TRAIN_FOLDS, check_ptbxl_folder, load_ptbxl, read_ptbxl_index
 from data_prep.spec import DatasetSpec, ReadOptions
+from data_prep.synth_mimic import ensure_synthetic_mimic
 from data_prep.synth_pamap2 import ensure_synthetic_pamap2
 from data_prep.synth_ptbxl import ensure_synthetic_ptbxl, synthetic_metadata
 from data_prep.synth_toniot import ensure_synthetic_toniot
 from data_prep.toniot import TONIOT_SPEC, check_toniot_folder, load_toniot
+from data_prep.synth_wesad import ensure_synthetic_wesad
+from data_prep.wesad import WESAD_SPEC, check_wesad_folder, load_wesad
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,17 @@ def _ptbxl_training_count(root: Path | None, sampling_rate: int, synthetic_recor
 
 SOURCES: dict[str, DatasetSource] = {
     "ptbxl": DatasetSource(PTBXL_SPEC, check_ptbxl_folder,
-                           lambda root, options: load_ptbxl(root, options.sampling_rate, verbose=True),
+                           lambda root, options: load_ptbxl(root, options.sampling_rate or PTBXL_SPEC.sampling_rates[0],
+                                                                 verbose=True),
                            lambda n, seed: ensure_synthetic_ptbxl(n, seed=seed), _ptbxl_training_count),
+    "wesad": DatasetSource(WESAD_SPEC, check_wesad_folder, lambda root, options: load_wesad(root, options),
+                           lambda n, seed: ensure_synthetic_wesad(n, seed=seed)),
     "pamap2": DatasetSource(PAMAP2_SPEC, check_pamap2_folder, lambda root, options: load_pamap2(root, options),
                             lambda n, seed: ensure_synthetic_pamap2(n, seed=seed)),
     "toniot": DatasetSource(TONIOT_SPEC, check_toniot_folder, lambda root, options: load_toniot(root, verbose=True),
                             lambda n, seed: ensure_synthetic_toniot(n, seed=seed)),
+    "mimic": DatasetSource(MIMIC_SPEC, check_mimic_folder, lambda root, options: load_mimic(root, options),
+                           lambda n, seed: ensure_synthetic_mimic(n, seed=seed)),
 }
 DATASETS: dict[str, DatasetSpec] = {name: source.spec for name, source in SOURCES.items()}
 DEFAULT_DATASET = PTBXL_SPEC.name  # the run config's default

@@ -63,10 +63,10 @@ class DatasetSpec:
 class ReadOptions:
     """The run config's choices a reader may need; each reader uses those that apply to it.
 
-    Empty subject tuples and zero window lengths mean the data set's documented defaults.
+    A zero rate, empty subject tuples and zero window lengths mean the data set's documented defaults.
     """
 
-    sampling_rate: int = 100
+    sampling_rate: int = 0
     val_subjects: tuple[str, ...] = ()
     test_subjects: tuple[str, ...] = ()
     window_seconds: float = 0.0

@@ -31,14 +31,15 @@ uses the mean and population std over the training windows of the devices that h
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from data_prep.format_error import DataFormatError
-from data_prep.spec import SPLIT_CODES, DatasetSpec, split_positions
+from data_prep.spec import SPLIT_CODES, DatasetSpec
+from data_prep.windows import WindowSet
 
 DEVICE_FEATURES: dict[str, tuple[str, ...]] = {
     "Fridge": ("fridge_temperature", "temp_condition"),
@@ -90,24 +91,12 @@ def check_toniot_folder(path: str, sampling_rate: int = 0) -> None:
 
 
 @dataclass(eq=False)
-class TonIoTData:
+class TonIoTData(WindowSet):
     """Windows of consecutive readings: raw values, one-hot targets, device groups and the fixed split."""
 
-    signals: np.ndarray  # (N, len(CHANNELS), WINDOW) float32, zeros on channels the device lacks
-    labels: np.ndarray  # (N, len(CLASSES)) float32 one-hot
-    groups: np.ndarray  # (N,) int64 index into DEVICES
-    split: np.ndarray  # (N,) int64 SPLIT_CODES
-    channel_mean: np.ndarray  # (len(CHANNELS),) float32, training windows only
-    channel_std: np.ndarray
-    devices: tuple[str, ...]  # the device files found
-    rows_read: dict[str, int]
-    cache_path: Path
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def split_indices(self, name: str) -> np.ndarray:
-        return split_positions(self.split, name)
+    # signals: zeros on channels the device lacks; groups: index into DEVICES
+    devices: tuple[str, ...] = ()  # the device files found
+    rows_read: dict[str, int] = field(default_factory=dict)
 
     def standardised(self, idx: np.ndarray | list[int]) -> np.ndarray:
         positions = np.asarray(idx, dtype=np.int64).reshape(-1)

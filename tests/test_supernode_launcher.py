@@ -163,7 +163,7 @@ def test_as_a_process_a_bad_config_exits_2_with_one_line(files):
 
 def test_node_dataset_is_checked_against_its_own_layout_and_the_run(tmp_path):
     toniot = write_synthetic_toniot(tmp_path / "toniot", n_windows=14, seed=0)
-    with pytest.raises(LaunchError, match="key 'dataset' has value 'mnist'; expected one of ptbxl, pamap2, toniot"):
+    with pytest.raises(LaunchError, match="key 'dataset' has value 'mnist'; expected one of ptbxl, wesad, pamap2, toniot, mimic"):
         check_node_config(f"partition-id=0 num-partitions=2 dataset='mnist' data-path='{toniot}' key-path='/k'")
     with pytest.raises(LaunchError, match=f"key 'data-path' has value '{toniot}'; expected a PTB-XL folder"):
         check_node_config(f"partition-id=0 num-partitions=2 data-path='{toniot}' key-path='/k'")
