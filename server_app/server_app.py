@@ -118,6 +118,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder.plot()
     save_final_model(folder, strategy)
     test = recorder.payload.get("test") or {}
-    log(logging.INFO, "%s: %s", dataset_spec(cfg.dataset).split_label("test").capitalize(),
+    label = dataset_spec(cfg.dataset).split_label("test")
+    log(logging.INFO, "%s: %s", label[:1].upper() + label[1:],  # keeps ids such as S2 as written
         {k: test.get(k) for k in ("num-examples", "loss", "accuracy", "macro-f1", "macro-auc")})
     log(logging.INFO, "Results written to %s", folder)
