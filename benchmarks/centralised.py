@@ -26,7 +26,7 @@ from common.model import build_model, load_arrays, state_by_layer
 from common.task import evaluate, train_local
 from data_prep.client_data import load_dataset
 from data_prep.format_error import DataFormatError
-from data_prep.registry import dataset_spec
+from data_prep.registry import dataset_spec, datasets_help
 
 
 def chance_level(labels: np.ndarray, task: str) -> float:
@@ -72,7 +72,8 @@ def run(cfg: RunConfig, epochs: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=datasets_help())
     parser.add_argument("--dataset", default="ptbxl")
     parser.add_argument("--data-path", default="", help="the data set's folder; empty: its built-in synthetic set")
     parser.add_argument("--model", default="hybrid", choices=("hybrid", "classical"))

@@ -27,6 +27,7 @@ import numpy as np
 from data_prep.format_error import DataFormatError
 from data_prep.mimic import CLASSES as MIMIC_CLASSES, SAMPLING_RATES as MIMIC_RATES, MimicData, load_mimic
 from data_prep.pamap2 import ACTIVITIES, PAMAP2Data, load_pamap2
+from data_prep.registry import datasets_help
 from data_prep.spec import ReadOptions
 from data_prep.synth_mimic import write_synthetic_mimic
 from data_prep.synth_pamap2 import write_synthetic_pamap2
@@ -115,7 +116,8 @@ def _mimic_summary(data: MimicData, seconds: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=datasets_help())
     commands = parser.add_subparsers(dest="command", required=True)
     real = commands.add_parser("ptbxl", help="parse a PTB-XL folder (PhysioNet layout) into the cache")
     real.add_argument("--src", type=Path, required=True, help="folder with ptbxl_database.csv")

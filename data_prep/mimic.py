@@ -74,12 +74,17 @@ LAYOUT_SUFFIX, NUMERICS_SUFFIX, GAP = "_layout", "n", "~"
 NO_DATE = dt.date(1, 1, 1)  # stands in for a header's absent base date
 
 MIMIC_SPEC = DatasetSpec(
-    name="mimic", title="MIMIC-III Waveform Database Matched Subset (PhysioNet)", channels=DEFAULT_CHANNELS,
+    name="mimic", channels=DEFAULT_CHANNELS,
+    title=f"MIMIC-III Waveform Database Matched Subset (PhysioNet); hypotension = numerics ABPMean below "
+          f"{MAP_THRESHOLD_MMHG:g} mmHg within the next {HORIZON_MINUTES:g} min",
     sampling_rates=SAMPLING_RATES, window_seconds=DEFAULT_WINDOW_SECONDS, classes=CLASSES, task="multiclass",
     group="record",
     splits={"train": "first 70 % of each record's windows in time (or the patients not named)",
             "val": "next 15 % of each record's windows (or val-subjects)",
             "test": "last 15 % of each record's windows (or test-subjects)"},
+    source="https://physionet.org/content/mimic3wdb-matched/ (credentialed access)",
+    layout="patient folders pNNNNNN/ with master, layout and segment headers, .dat files and the numerics record "
+           "<record>n.hea",
 )
 
 

@@ -61,6 +61,8 @@ PAMAP2_SPEC = DatasetSpec(
     splits={"train": "the other subjects", "val": f"val-subjects, default {', '.join(DEFAULT_VAL_SUBJECTS)}",
             "test": f"test-subjects, default {', '.join(DEFAULT_TEST_SUBJECTS)}"},
     default_subjects={"val": DEFAULT_VAL_SUBJECTS, "test": DEFAULT_TEST_SUBJECTS},
+    source="UCI Machine Learning Repository, PAMAP2 Physical Activity Monitoring",
+    layout="Protocol/subject101.dat ... subject109.dat (54 space-separated columns at 100 Hz)",
 )
 
 

@@ -63,6 +63,8 @@ PTBXL_SPEC = DatasetSpec(
     name="ptbxl", title="PTB-XL 12-lead ECG (PhysioNet)", channels=LEAD_NAMES, sampling_rates=SAMPLING_RATES,
     window_seconds=RECORD_SECONDS, classes=SUPERCLASSES, task="multilabel", group="site",
     splits={"train": "strat_fold 1-8", "val": "strat_fold 9", "test": "strat_fold 10"},
+    source="https://physionet.org/content/ptb-xl/ (open access)",
+    layout="ptbxl_database.csv, scp_statements.csv and records100/ (or records500/) as PhysioNet ships them",
 )
 
 

@@ -71,6 +71,12 @@ def dataset_source(name: str) -> DatasetSource:
     return SOURCES[name]
 
 
+def datasets_help() -> str:
+    """Every data set's source, layout, task and split, for the command lines' ``--help``."""
+    return "data sets (run config key dataset; data-path empty: a built-in synthetic set in the same format):\n" + \
+        "\n".join(spec.describe() for spec in DATASETS.values())
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     return dataset_source(name).spec
 

@@ -38,6 +38,8 @@ class DatasetSpec:
     splits: dict[str, str]  # 'train' / 'val' / 'test' -> how they are chosen
     window_readings: int = 0  # tabular readings: consecutive readings per window
     default_subjects: dict[str, tuple[str, ...]] = field(default_factory=dict)  # subject-wise: 'val' / 'test' ids
+    source: str = ""  # where a user gets the files
+    layout: str = ""  # what ``data-path`` must hold
 
     @property
     def num_channels(self) -> int:
@@ -52,6 +54,17 @@ class DatasetSpec:
         if self.sampling_rates:
             return int(round(self.window_seconds * sampling_rate))
         return self.window_readings
+
+    def describe(self) -> str:
+        """A few lines for ``--help``: source, layout, task and split."""
+        kind = "multi-label" if self.task == "multilabel" else "multi-class"
+        return "\n".join([
+            f"{self.name}: {self.title}",
+            f"  get:    {self.source}",
+            f"  layout: data-path holds {self.layout}",
+            f"  task:   {kind} over {', '.join(self.classes)}; natural group: {self.group}",
+            "  split:  " + "; ".join(f"{k} = {v}" for k, v in self.splits.items()),
+        ])
 
     def split_label(self, split: str) -> str:
         """'validation (strat_fold 9)': the split's name with how it is chosen, for logs and plots."""

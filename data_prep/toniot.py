@@ -71,6 +71,8 @@ TONIOT_SPEC = DatasetSpec(
     splits={"train": "70 % of each device's windows per class", "val": "15 % of each device's windows per class",
             "test": "15 % of each device's windows per class"},
     window_readings=WINDOW,
+    source="https://research.unsw.edu.au/projects/toniot-datasets, Train_Test_datasets/Train_Test_IoT_dataset",
+    layout="any of the seven Train_Test_IoT_<Device>.csv files (Fridge, GPS_Tracker, ..., Weather)",
 )
 
 

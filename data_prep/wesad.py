@@ -88,6 +88,8 @@ WESAD_SPEC = DatasetSpec(
     splits={"train": "the other subjects", "val": f"val-subjects, default {', '.join(DEFAULT_VAL_SUBJECTS)}",
             "test": f"test-subjects, default {', '.join(DEFAULT_TEST_SUBJECTS)}"},
     default_subjects={"val": DEFAULT_VAL_SUBJECTS, "test": DEFAULT_TEST_SUBJECTS},
+    source="https://ubicomp.eti.uni-siegen.de/home/datasets/icmi18/ (WESAD.zip)",
+    layout="subject folders S2 ... S17, each with SX.pkl, or SX_E4_Data/ (or SX_E4_Data.zip) and SX_quest.csv",
 )
 
 

@@ -39,6 +39,7 @@ from flwr.common.config import flatten_dict, get_project_config, parse_config_ar
 
 from common.config import ConfigError, RunConfig
 from data_prep.format_error import DataFormatError
+from data_prep.registry import datasets_help
 from server_app.preflight import check_run, check_simulated_nodes
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -384,7 +385,8 @@ def _run_flwr(run_config: str, num_supernodes: int, flwr_home: Path, app_dir: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=datasets_help())
     parser.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=20 data-path=\'/data\'"')
     parser.add_argument("--supernodes", type=int, default=10, help="simulated SuperNodes (default 10)")
     parser.add_argument("--flwr-home", type=Path, default=DEFAULT_FLWR_HOME)

@@ -36,3 +36,16 @@ def test_unknown_dataset_and_bad_folder_are_named(tmp_path):
         check_data_folder("ptbxl", str(tmp_path), 100)
     with pytest.raises(ConfigError, match="key 'dataset' has value 'mnist'; expected one of " + ", ".join(DATASETS)):
         RunConfig.from_flower({"dataset": "mnist"})
+
+
+
+@pytest.mark.parametrize("module", ["server_app.simulation_runner", "data_prep.__main__"])
+def test_help_says_where_to_get_each_data_set_and_what_its_folder_holds(module, capsys):
+    main = __import__(module, fromlist=["main"]).main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for spec in DATASETS.values():
+        assert spec.source and spec.layout, spec.name
+        for text in (f"{spec.name}: {spec.title}", spec.source, spec.layout, spec.splits["test"], *spec.classes):
+            assert " ".join(text.split()) in out, (module, text)
