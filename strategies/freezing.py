@@ -9,11 +9,7 @@ from typing import Any
 
 import numpy as np
 
-
-def rms_change(new: np.ndarray, old: np.ndarray) -> float:
-    """s = ||new - old||_2 / sqrt(n): the per-parameter change a freezing score is made of."""
-    diff = np.asarray(new, dtype=np.float64).ravel() - np.asarray(old, dtype=np.float64).ravel()
-    return float(np.linalg.norm(diff) / math.sqrt(diff.size))
+from common.layer_change import rms_change
 
 
 class EMALayerFreezer:

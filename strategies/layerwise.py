@@ -27,6 +27,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.instructions import EvaluateInstructions, TrainInstructions
 from common.model import layer_of, layer_vectors
 from common.wire import he_record, layer_order, serialized_size, to_array_record
 from strategies.freezing import EMALayerFreezer
@@ -50,6 +51,7 @@ class StrategyOptions:
     freeze_ema_alpha: float = 0.9
     num_rounds: int = 1
     timeout_s: float = 3600.0
+    dp_epsilon: float = 1.0  # dp-softmax: epsilon of each client's accuracy release per round
 
 
 @dataclass
@@ -138,17 +140,15 @@ class LayerwiseStrategy(Strategy):
             self._aggregator = self.aggregator_factory()
         return self._aggregator
 
-    def _content(self, server_round: int, split: str | None = None) -> RecordDict:
+    def train_instructions(self, server_round: int) -> TrainInstructions:
+        """What every client does this round: frozen and packed layers, and the DP accuracy release."""
+        release = self.opt.dp_epsilon if self.opt.weighting == "dp-softmax" else 0.0
+        return TrainInstructions(server_round, tuple(sorted(self.frozen)), tuple(self.encrypted_packing()), release,
+                                 self.sim_key_dir)
+
+    def _content(self, config: ConfigRecord) -> RecordDict:
         sent = self._sent_layers()
         arrays = OrderedDict((n, self.global_plain[n]) for n in self._plain_names(sent))
-        config = ConfigRecord({
-            "server-round": server_round,
-            "frozen-layers": sorted(self.frozen) or [""],
-            "encrypted-layers": self.encrypted_packing() or [""],
-            "sim-key-dir": self.sim_key_dir,
-        })
-        if split is not None:
-            config["split"] = split
         content = RecordDict({"arrays": to_array_record(arrays), "config": config})
         if self.encrypted_state is not None and self.encrypted_state_layers:
             content["he"] = he_record(self.encrypted_state, self.packed_length(self.encrypted_state_layers),
@@ -172,7 +172,7 @@ class LayerwiseStrategy(Strategy):
         nodes = self._nodes(grid)
         if self.evaluator is None:
             self.evaluator = nodes[0]
-        content = self._content(server_round)  # the same for every node, as in Flower's FedAvg
+        content = self._content(self.train_instructions(server_round).to_config())  # the same for every node
         self._current.bytes["train_down"] += serialized_size(content) * len(nodes)
         # the grid fills in the message ids when it sends them (see aggregate_train)
         self._train_messages = [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
@@ -252,10 +252,10 @@ class LayerwiseStrategy(Strategy):
     # ---------------------------------------------------------------- evaluate
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        split = "val+test" if server_round == self.opt.num_rounds else "val"
+        splits = ("val", "test") if server_round == self.opt.num_rounds else ("val",)
         if self._last_valid_nodes and self.evaluator not in self._last_valid_nodes:
             self.evaluator = self._last_valid_nodes[0]  # the evaluator is gone: ask a node that just replied
-        content = self._content(server_round, split=split)
+        content = self._content(EvaluateInstructions(server_round, splits, self.sim_key_dir).to_config())
         if self._current is not None:
             self._current.bytes["eval_down"] += serialized_size(content)
         return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=self.evaluator)]

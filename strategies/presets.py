@@ -14,7 +14,7 @@ from strategies.layerwise import StrategyOptions
 
 
 def encrypted_layers_for(cfg: RunConfig, layers: list[str]) -> frozenset[str]:
-    """Layers the clients encrypt; both ServerApp and ClientApp derive it from the run config."""
+    """Layers the clients encrypt; the server derives it from the run config and tells the clients."""
     if cfg.strategy == "fedavg":
         return frozenset()
     if cfg.strategy == "fhe-fedqnn" or cfg.he_layer_names == ["all"]:
@@ -43,4 +43,5 @@ def options_for(cfg: RunConfig, layers: list[str]) -> StrategyOptions:
         freeze_ema_alpha=cfg.freeze_ema_alpha,
         num_rounds=cfg.num_server_rounds,
         timeout_s=cfg.round_timeout,
+        dp_epsilon=cfg.dp_epsilon,
     )

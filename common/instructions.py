@@ -1,0 +1,106 @@
+"""What the server tells a client in a message: the named keys of its ``config`` record, read through types.
+
+As Flower's DP wrappers and client mods do, the server decides and the client follows: which layers
+to pack and encrypt, which are frozen, whether to release a differentially private validation
+accuracy and at which epsilon, which splits to evaluate. A client therefore needs no server code and
+does not re-derive those choices from the run config. Every reader validates what it receives and
+raises :class:`InstructionError` naming the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord
+
+SERVER_ROUND = "server-round"
+FROZEN_LAYERS = "frozen-layers"  # layers the client keeps from its node state and does not train or send
+ENCRYPTED_LAYERS = "encrypted-layers"  # layers packed into CKKS vectors, in this order
+DP_ACCURACY_EPSILON = "dp-accuracy-epsilon"  # > 0: release the Laplace-noised validation accuracy at this epsilon
+EVALUATE_SPLITS = "evaluate-splits"  # splits the evaluator scores, e.g. ["val", "test"]
+SIM_KEY_DIR = "sim-key-dir"  # simulation only: the run folder's key directory
+EMPTY = ""  # a ConfigRecord list may not be empty: [""] stands for no names
+SPLITS = ("val", "test")
+
+
+class InstructionError(ValueError):
+    """A message from the server did not carry what the client needs; the text names the key."""
+
+
+def _names(config: ConfigRecord, key: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    value = config.get(key, [EMPTY])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InstructionError(f"message config: key '{key}' has value {value!r}; expected a list of {what}")
+    names = tuple(v for v in value if v != EMPTY)
+    unknown = [v for v in names if v not in allowed]
+    if unknown or len(set(names)) != len(names):
+        raise InstructionError(f"message config: key '{key}' has value {list(names)}; expected distinct {what} "
+                               f"from {list(allowed)}")
+    return names
+
+
+def _round(config: ConfigRecord) -> int:
+    value = config.get(SERVER_ROUND)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InstructionError(f"message config: key '{SERVER_ROUND}' has value {value!r}; expected a round >= 1")
+    return value
+
+
+def _key_dir(config: ConfigRecord) -> str:
+    value = config.get(SIM_KEY_DIR, "")
+    if not isinstance(value, str):
+        raise InstructionError(f"message config: key '{SIM_KEY_DIR}' has value {value!r}; expected a folder path")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """One train message's orders: the round, frozen and packed layers, the DP release, the key folder."""
+
+    server_round: int
+    frozen_layers: tuple[str, ...] = ()
+    encrypted_layers: tuple[str, ...] = ()  # packing order (model order)
+    dp_accuracy_epsilon: float = 0.0  # 0: no accuracy release
+    sim_key_dir: str = ""
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord({SERVER_ROUND: self.server_round, FROZEN_LAYERS: list(self.frozen_layers) or [EMPTY],
+                             ENCRYPTED_LAYERS: list(self.encrypted_layers) or [EMPTY],
+                             DP_ACCURACY_EPSILON: float(self.dp_accuracy_epsilon), SIM_KEY_DIR: self.sim_key_dir})
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord, layers: Sequence[str]) -> TrainInstructions:
+        """Read and check against the client's model ``layers``; a frozen layer is never packed."""
+        frozen = _names(config, FROZEN_LAYERS, layers, "layer names")
+        packed = _names(config, ENCRYPTED_LAYERS, layers, "layer names")
+        if set(frozen) & set(packed):
+            raise InstructionError(f"message config: layers {sorted(set(frozen) & set(packed))} are both in "
+                                   f"'{FROZEN_LAYERS}' and '{ENCRYPTED_LAYERS}'; expected a frozen layer not to be "
+                                   "sent")
+        epsilon = config.get(DP_ACCURACY_EPSILON, 0.0)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
+            raise InstructionError(f"message config: key '{DP_ACCURACY_EPSILON}' has value {epsilon!r}; expected "
+                                   "a number >= 0 (0: no accuracy release)")
+        return cls(_round(config), frozen, packed, float(epsilon), _key_dir(config))
+
+
+@dataclass(frozen=True)
+class EvaluateInstructions:
+    """One evaluate message's orders: the round, the splits to score, the key folder."""
+
+    server_round: int
+    splits: tuple[str, ...] = ("val",)
+    sim_key_dir: str = ""
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord({SERVER_ROUND: self.server_round, EVALUATE_SPLITS: list(self.splits),
+                             SIM_KEY_DIR: self.sim_key_dir})
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> EvaluateInstructions:
+        splits = _names(config, EVALUATE_SPLITS, SPLITS, "split names")
+        if not splits:
+            raise InstructionError(f"message config: key '{EVALUATE_SPLITS}' names no split; expected some of "
+                                   f"{list(SPLITS)}")
+        return cls(_round(config), splits, _key_dir(config))
