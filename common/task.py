@@ -40,6 +40,17 @@ def loss_function(task: str):
     return lambda logits, onehot: cross_entropy(logits, onehot.argmax(dim=1))
 
 
+OPTIMISERS = ("adam", "sgd")
+
+
+def optimiser_for(params, name: str, learning_rate: float) -> torch.optim.Optimizer:
+    """Adam (the default everywhere) or plain SGD (no momentum: what the split equivalence test compares)."""
+    if name not in OPTIMISERS:
+        raise ValueError(f"optimiser {name!r}: expected one of {OPTIMISERS}")
+    params = list(params)
+    return torch.optim.Adam(params, lr=learning_rate) if name == "adam" else torch.optim.SGD(params, lr=learning_rate)
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 learning_rate: float, seed: int, task: str,
                 frozen_layers: frozenset[str] = frozenset(), device: str = "cpu") -> dict[str, float]:

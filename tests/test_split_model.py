@@ -1,0 +1,78 @@
+"""Split learning is the unsplit model: same outputs, and N split SGD steps give the same parameters."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from client_app.split_client import SplitClientTrainer
+from common.config import RunConfig
+from common.model import build_model
+from common.split_model import CUT_POINTS, split_model
+from common.task import loss_function
+from server_app.split_head import SplitHeadTrainer, SplitInputError
+
+STEPS, BATCH, LR = 4, 6, 0.05
+
+
+def _batches(task: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(STEPS):
+        x = rng.normal(0, 1, (BATCH, 12, 1000)).astype(np.float32)
+        y = (rng.random((BATCH, 5)) < 0.3).astype(np.float32)
+        yield x, y
+
+
+@pytest.mark.parametrize("cut", CUT_POINTS)
+@pytest.mark.parametrize("variant", ["plain", "u-shaped"])
+def test_split_sgd_steps_equal_unsplit_steps(cut, variant):
+    cfg = RunConfig()  # PTB-XL shape: 12 leads, 5 labels, multi-label
+    reference = build_model(cfg)
+    initial = copy.deepcopy(reference.state_dict())
+    cut_model = copy.deepcopy(reference)
+    parts = split_model(cut_model, cut, variant)  # the parts share cut_model's modules
+    optimiser = torch.optim.SGD(reference.parameters(), lr=LR)
+    loss_fn = loss_function("multilabel")
+    shape = tuple(parts.extractor(torch.zeros(1, 12, 1000)).shape[1:])
+    server = SplitHeadTrainer(parts.head, shape, "multilabel", optimiser="sgd", learning_rate=LR, device="cpu")
+    client = SplitClientTrainer(parts.extractor, parts.top, "multilabel", optimiser="sgd", learning_rate=LR)
+    for x, y in _batches("multilabel"):
+        optimiser.zero_grad()
+        loss = loss_fn(reference(torch.as_tensor(x)), torch.as_tensor(y))
+        loss.backward()
+        optimiser.step()
+        activations = client.forward(x)  # numpy float32: what a message carries
+        if variant == "plain":
+            grad, split_loss = server.plain_step(activations, y, node=7)
+        else:
+            readouts = server.forward(activations, node=7)
+            grad_z, split_loss = client.top_step(readouts, y)
+            grad = server.backward(grad_z, node=7)
+        client.backward(grad)
+        assert split_loss == pytest.approx(float(loss), abs=1e-6)
+    moved = 0.0
+    for name, value in reference.named_parameters():
+        split_value = dict(cut_model.named_parameters())[name]
+        np.testing.assert_allclose(split_value.detach().numpy(), value.detach().numpy(), atol=1e-5, rtol=0,
+                                   err_msg=name)
+        moved = max(moved, float((value.detach() - initial[name]).abs().max()))
+    assert moved > 1e-3  # the steps did change the weights
+
+
+def test_bad_activations_and_gradients_name_the_node():
+    parts = split_model(build_model(RunConfig()), "conv4", "u-shaped")
+    server = SplitHeadTrainer(parts.head, (64,), "multilabel", device="cpu")
+    with pytest.raises(SplitInputError, match=r"node 3: activations of shape \(2, 32\); expected \('batch', 64\)"):
+        server.forward(np.zeros((2, 32), np.float32), node=3)
+    bad = np.zeros((2, 64), np.float32)
+    bad[1, 5] = np.nan
+    with pytest.raises(SplitInputError, match="node 3: activations holds non-finite values"):
+        server.forward(bad, node=3)
+    with pytest.raises(SplitInputError, match="node 4: gradient without a forward pass"):
+        server.backward(np.zeros((2, 4), np.float32), node=4)
+    server.forward(np.zeros((2, 64), np.float32), node=3)
+    with pytest.raises(SplitInputError, match=r"node 3: read-out gradient of shape \(2, 5\); expected \(2, 4\)"):
+        server.backward(np.zeros((2, 5), np.float32), node=3)
