@@ -23,9 +23,11 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.split_steps import split_activations, split_evaluate, split_readouts, split_step, split_weights
 from common.ckks import PackedDecryptor, PackedEncryptor
 from common.config import NodeConfig, RunConfig
-from common.instructions import EvaluateInstructions, TrainInstructions
+from common.instructions import (SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP, SPLIT_WEIGHTS,
+                                 EvaluateInstructions, TrainInstructions)
 from common.keys import ensure_simulation_keys, load_client_context
 from common.layer_change import rms_change
 from common.model import ECGNet, build_model, flatten_layers, layer_vectors, load_arrays, state_by_layer, \
@@ -37,6 +39,12 @@ from data_prep.client_data import client_arrays, split_arrays
 from data_prep.registry import dataset_spec
 
 app = ClientApp()
+# split learning (mode = "split"): one function per message action (client_app.split_steps)
+app.train(SPLIT_STEP)(split_step)
+app.query(SPLIT_READOUTS)(split_readouts)
+app.query(SPLIT_WEIGHTS)(split_weights)
+app.query(SPLIT_ACTIVATIONS)(split_activations)
+app.evaluate(SPLIT_EVALUATE)(split_evaluate)
 
 _CONTEXTS: dict[str, object] = {}
 GLOBAL_STATE_KEY = "global-model"

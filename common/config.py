@@ -97,6 +97,11 @@ class RunConfig(BaseModel):
     # AdeptHEQ: EMA layer freezing
     freeze_threshold: float = Field(1e-3, ge=0.0)
     freeze_ema_alpha: float = Field(0.9, ge=0.0, lt=1.0)
+    # split learning (mode = "split"): client extractors, a shared server head
+    mode: Literal["federated", "split"] = "federated"
+    split_variant: Literal["plain", "u-shaped"] = "plain"
+    split_cut: Literal["conv2", "conv3", "conv4"] = "conv4"
+    split_micro_batches: int = Field(1, ge=1, le=1024)  # per message: the head steps on each, the client once
 
     @field_validator("dataset")
     @classmethod
@@ -113,6 +118,14 @@ class RunConfig(BaseModel):
             return rates[0] if rates else 0
         if rates and value not in rates:
             raise ValueError(f"one of {', '.join(map(str, rates))} (Hz) for dataset '{info.data['dataset']}'")
+        return value
+
+    @field_validator("mode")
+    @classmethod
+    def _split_needs_the_hybrid_head(cls, value: str, info: ValidationInfo) -> str:
+        if value == "split" and info.data.get("model") != "hybrid":
+            raise ValueError(f"'federated' with model '{info.data.get('model')}' (split learning puts the quantum "
+                             "head on the server: model 'hybrid')")
         return value
 
     @field_validator("results_dir")

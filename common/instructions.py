@@ -104,3 +104,48 @@ class EvaluateInstructions:
             raise InstructionError(f"message config: key '{EVALUATE_SPLITS}' names no split; expected some of "
                                    f"{list(SPLITS)}")
         return cls(_round(config), splits, _key_dir(config))
+
+
+# --- split learning (mode = "split") -----------------------------------------------------------
+# message actions: Flower routes "<category>.<action>" to the ClientApp function registered for it
+SPLIT_STEP = "split_step"  # train: apply the gradients carried (if any), reply with the next activations
+SPLIT_READOUTS = "split_readouts"  # query, U-shaped: the head's read-outs; reply with their gradients
+SPLIT_WEIGHTS = "split_weights"  # query: reply with the client's extractor (and final layer) at round end
+SPLIT_ACTIVATIONS = "split_activations"  # query: the evaluator's activations of the splits named
+SPLIT_EVALUATE = "split_evaluate"  # evaluate: the head's outputs of those splits; reply with metrics
+# records of a split message: one ArrayRecord each, arrays keyed by micro-batch index ("0", "1", ...)
+# or, for evaluation, by split name
+ACTIVATIONS, LABELS, GRADIENTS = "activations", "labels", "gradients"
+READOUTS, READOUT_GRADIENTS, OUTPUTS, WEIGHTS = "readouts", "readout-gradients", "outputs", "weights"
+SPLIT_VARIANT, SPLIT_CUT, MICRO_BATCHES, DONE = "split-variant", "split-cut", "micro-batches", "done"
+SPLIT_VARIANTS, SPLIT_CUTS = ("plain", "u-shaped"), ("conv2", "conv3", "conv4")
+
+
+@dataclass(frozen=True)
+class SplitInstructions:
+    """A split message's orders: the round, the variant, the cut, micro-batches per message, splits."""
+
+    server_round: int
+    variant: str = "plain"
+    cut: str = "conv4"
+    micro_batches: int = 1
+    splits: tuple[str, ...] = ("val",)
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord({SERVER_ROUND: self.server_round, SPLIT_VARIANT: self.variant, SPLIT_CUT: self.cut,
+                             MICRO_BATCHES: self.micro_batches, EVALUATE_SPLITS: list(self.splits)})
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> SplitInstructions:
+        variant, cut, micro = config.get(SPLIT_VARIANT), config.get(SPLIT_CUT), config.get(MICRO_BATCHES)
+        if variant not in SPLIT_VARIANTS:
+            raise InstructionError(f"message config: key '{SPLIT_VARIANT}' has value {variant!r}; expected one of "
+                                   f"{list(SPLIT_VARIANTS)}")
+        if cut not in SPLIT_CUTS:
+            raise InstructionError(f"message config: key '{SPLIT_CUT}' has value {cut!r}; expected one of "
+                                   f"{list(SPLIT_CUTS)}")
+        if isinstance(micro, bool) or not isinstance(micro, int) or micro < 1:
+            raise InstructionError(f"message config: key '{MICRO_BATCHES}' has value {micro!r}; expected an "
+                                   "integer >= 1")
+        splits = _names(config, EVALUATE_SPLITS, SPLITS, "split names") or ("val",)
+        return cls(_round(config), variant, cut, micro, splits)

@@ -103,8 +103,19 @@ def predict(model: nn.Module, x: np.ndarray, task: str, batch_size: int = 256,
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str,
              device: str = "cpu") -> dict[str, float]:
     """Loss and metrics over every record once (see ``common.metrics``)."""
-    probs = predict(model, x, task, device=device)
-    if len(x) == 0:
+    return report_from_probabilities(predict(model, x, task, device=device), y, task)
+
+
+def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
+    """Sigmoids (multi-label) or softmax rows (multi-class) of logits computed elsewhere (split learning)."""
+    _check_task(task)
+    z = torch.as_tensor(logits, dtype=torch.float32)
+    return (torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, dim=1)).numpy()
+
+
+def report_from_probabilities(probs: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
+    """The task's loss on the probabilities, and the metrics of ``common.metrics``."""
+    if len(probs) == 0:
         return classification_report(y, probs, math.nan, task)
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
     if task == "multilabel":

@@ -25,6 +25,7 @@ from common.privacy import PrivacyAccountant
 from common.results import RunRecorder, new_run_folder
 from data_prep.registry import dataset_spec
 from server_app.preflight import check_run, check_server_context
+from server_app.split_runner import SplitRun
 from strategies.layerwise import LayerwiseStrategy, RoundLog
 
 app = ServerApp()
@@ -66,6 +67,39 @@ def save_final_model(folder: Path, strategy: LayerwiseStrategy) -> None:
         }, indent=2))
 
 
+def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model) -> None:
+    """``mode = "split"``: client extractors, one shared server head (``server_app.split_runner``)."""
+    folder = new_run_folder(cfg.results_dir, project_root(), f"split-{cfg.split_variant}")
+    log(logging.INFO, "Run folder: %s | split learning, %d parameters in the whole model | %d nodes",
+        folder, count_parameters(model), len(nodes))
+    recorder = RunRecorder(folder, cfg.as_flat_dict(), extra={
+        "num_nodes": len(nodes), "num_parameters": count_parameters(model), "mode": "split"})
+    run = SplitRun(cfg, grid)
+    recorder.set("split", {"variant": cfg.split_variant, "cut": cfg.split_cut, "head_device": run.head.device,
+                           "micro_batches": cfg.split_micro_batches,
+                           "extractor_averaging": "sample-weighted mean at round end"})
+    t0 = time.time()
+    history = []
+    for server_round in range(1, cfg.num_server_rounds + 1):
+        r = run.train_round(server_round, sorted(grid.get_node_ids()))
+        history.append(r)
+        recorder.add_round(r)
+        split = r.train["split"]
+        log(logging.INFO, "%s | round trips %d | head %.1f s, waiting %.1f s", _progress(cfg, r),
+            split["round_trips"], split["head_seconds"], split["wait_seconds"])
+    recorder.set("total_seconds", time.time() - t0)
+    recorder.set("bytes_total", {k: int(sum(r.bytes[k] for r in history))
+                                 for k in ("train_down", "train_up", "eval_down", "eval_up")})
+    recorder.write()
+    recorder.plot()
+    torch.save({k: torch.as_tensor(v) for k, v in run.head.head.state_dict().items()}, folder / "server_head.pt")
+    test = recorder.payload.get("test") or {}
+    label = dataset_spec(cfg.dataset).split_label("test")
+    log(logging.INFO, "%s: %s", label[:1].upper() + label[1:],
+        {k: test.get(k) for k in ("num-examples", "loss", "accuracy", "macro-f1", "macro-auc")})
+    log(logging.INFO, "Results written to %s", folder)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
@@ -73,6 +107,9 @@ def main(grid: Grid, context: Context) -> None:
     layers = model.layer_names()
     nodes = list(grid.get_node_ids())
     options = check_run(cfg, len(nodes))  # repeated here: in a deployment no runner checked it first
+    if cfg.mode == "split":
+        run_split(cfg, grid, nodes, model)
+        return
     check_server_context(cfg, options)
     folder = new_run_folder(cfg.results_dir, project_root(), cfg.strategy)
     log(logging.INFO, "Run folder: %s | model %s with %d parameters | strategy %s | %d nodes",

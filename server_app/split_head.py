@@ -5,7 +5,8 @@ server computes ``L = loss(head(a), y)``, steps its optimiser on ``dL/d head``, 
 ``dL/da``. U-shaped variant, two exchanges per batch: :meth:`forward` returns the quantum
 read-outs ``z = head(a)`` and keeps the graph for that client; :meth:`backward` receives
 ``dL/dz`` from the client (whose final layer and loss never leave it), back-propagates it, steps
-the optimiser and returns ``dL/da``. Every array from the network is checked (shape, finite) first
+the optimiser (once per exchange, on the sum over its clients and micro-batches: their forwards
+all used the same weights) and returns ``dL/da``. Every array from the network is checked (shape, finite) first
 and a bad one raises :class:`SplitInputError` naming the node and what was expected.
 
 The head runs on CUDA when there is one, else on the CPU (:func:`head_device`, logged by the
@@ -50,7 +51,8 @@ class SplitHeadTrainer:
         self.activation_shape = tuple(activation_shape)  # per example, as the client's cut gives it
         self.loss_fn = loss_function(task)
         self.optimiser = optimiser_for(self.head.parameters(), optimiser, learning_rate)
-        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.optimiser.zero_grad()
+        self._pending: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (node, micro-batch)
 
     def _activations(self, activations: np.ndarray, node: int) -> torch.Tensor:
         array = _checked(activations, (None, *self.activation_shape), "activations", node)
@@ -68,24 +70,37 @@ class SplitHeadTrainer:
         self.optimiser.step()
         return a.grad.detach().cpu().numpy(), float(loss.detach())
 
-    def forward(self, activations: np.ndarray, node: int) -> np.ndarray:
+    def forward(self, activations: np.ndarray, node: int, micro: int = 0) -> np.ndarray:
         """U-shaped: the read-outs for this batch; the graph waits for :meth:`backward` from ``node``."""
         a = self._activations(activations, node)
         z = self.head(a)
-        self._pending[node] = (a, z)
+        self._pending[(node, micro)] = (a, z)
         return z.detach().cpu().numpy()
 
-    def backward(self, grad_readouts: np.ndarray, node: int) -> np.ndarray:
-        """U-shaped: back-propagate the client's dL/dz, step, and return dL/da."""
-        if node not in self._pending:
+    def backward(self, grad_readouts: np.ndarray, node: int, micro: int = 0) -> np.ndarray:
+        """U-shaped: back-propagate the client's dL/dz (accumulating the head's gradient); return dL/da.
+
+        Every forward of one exchange used the same head weights, so the head steps once, in
+        :meth:`step`, after the gradients of all of them are in (their sum).
+        """
+        if (node, micro) not in self._pending:
             raise SplitInputError(f"node {node}: gradient without a forward pass; expected read-outs first")
-        a, z = self._pending.pop(node)
+        a, z = self._pending[(node, micro)]
         grad = torch.as_tensor(_checked(grad_readouts, tuple(z.shape), "read-out gradient", node),
                                dtype=z.dtype, device=self.device)
-        self.optimiser.zero_grad()
+        del self._pending[(node, micro)]
         z.backward(grad)
-        self.optimiser.step()
         return a.grad.detach().cpu().numpy()
+
+    def step(self) -> None:
+        """U-shaped: one optimiser step on the gradients :meth:`backward` accumulated, then clear them."""
+        self.optimiser.step()
+        self.optimiser.zero_grad()
+
+    def forget(self, node: int) -> None:
+        """Drop the graphs a node left waiting (it was dropped from the round)."""
+        for key in [k for k in self._pending if k[0] == node]:
+            del self._pending[key]
 
     @torch.no_grad()
     def predict(self, activations: np.ndarray, node: int) -> np.ndarray:

@@ -11,6 +11,8 @@ import math
 
 import pytest
 
+from common.config import NodeConfig, RunConfig
+from data_prep.client_data import client_arrays
 from data_prep.ptbxl import load_ptbxl
 from data_prep.synth_ptbxl import ensure_synthetic_ptbxl
 from server_app.simulation_runner import run_simulation, superlink_pids
@@ -56,3 +58,25 @@ def test_short_run_of_each_strategy(tmp_path, strategy):
     if strategy == "adeptheq":
         assert metrics["privacy"]["basic"] == pytest.approx(2.0)
         assert metrics["rounds"][0]["train"]["privacy"]["basic"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("variant", ["plain", "u-shaped"])
+def test_short_split_learning_run(tmp_path, variant):
+    """``mode='split'``: every client steps through its data each round; bytes and round trips are logged."""
+    metrics, log, results = _run(tmp_path, "fedavg", f"mode='split' split-variant='{variant}' split-micro-batches=2")
+    assert metrics["split"]["variant"] == variant and metrics["split"]["head_device"] == "cpu"
+    data = load_ptbxl(ensure_synthetic_ptbxl(300), 100, verbose=False)
+    cfg = RunConfig.from_flower({**metrics["config"], "results-dir": ""})
+    train_records = sum(len(client_arrays(cfg, NodeConfig(partition_id=i, num_partitions=3)).y_train)
+                        for i in range(3))
+    for r in metrics["rounds"]:
+        split = r["train"]["split"]
+        # each client's local training records went through the head once per local epoch (one epoch here)
+        assert r["train"]["examples"] == train_records and r["dropped"] == []
+        per_example = 64 * 4  # float32 activations at the default cut
+        assert split["activation_bytes"] == train_records * per_example == split["gradient_bytes"]
+        assert split["round_trips"] >= 2 and r["bytes"]["train_up"] > split["activation_bytes"]
+        assert sum(r["weights"].values()) == pytest.approx(1.0)
+    assert metrics["test"]["num-examples"] == len(data.split_indices("test"))
+    assert math.isfinite(metrics["test"]["macro-auc"])
+    assert "Split learning: " + variant in log

@@ -51,6 +51,7 @@ def test_split_sgd_steps_equal_unsplit_steps(cut, variant):
             readouts = server.forward(activations, node=7)
             grad_z, split_loss = client.top_step(readouts, y)
             grad = server.backward(grad_z, node=7)
+            server.step()
         client.backward(grad)
         assert split_loss == pytest.approx(float(loss), abs=1e-6)
     moved = 0.0

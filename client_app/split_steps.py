@@ -1,0 +1,239 @@
+"""The ClientApp's split-learning messages (``common.instructions``: SPLIT_*), one function each.
+
+The client's extractor (and, U-shaped, its final layer), their Adam states and its place in its
+data live in Flower's ``context.state`` between messages and rounds. A split step is computed from
+them as :class:`client_app.split_client.SplitClientTrainer` does, with one difference: the graph of
+a forward pass does not survive to the message that brings its gradient, so the client recomputes
+the forward pass on the same batch with the same weights (deterministic) before back-propagating.
+
+With ``micro-batches = k`` a message carries k micro-batches computed with the same weights; the
+server head steps on each, the client takes one step on the mean of their gradients.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch import nn
+
+from common.config import NodeConfig, RunConfig
+from common.instructions import (ACTIVATIONS, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS, WEIGHTS,
+                                 InstructionError, SplitInstructions)
+from common.model import build_model
+from common.split_model import split_model
+from common.task import loss_function, optimiser_for, probabilities, report_from_probabilities
+from common.wire import from_array_record, to_array_record
+from data_prep.client_data import client_arrays, split_arrays
+from data_prep.registry import dataset_spec
+
+STATE_WEIGHTS, STATE_OPTIMISER, STATE_CURSOR = "split-weights", "split-optimiser", "split-cursor"
+ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+
+def _indexed(record: ArrayRecord | None, what: str, count: int) -> list[np.ndarray]:
+    """Arrays '0' .. str(count - 1) of a message record; InstructionError naming what is missing."""
+    arrays = from_array_record(record) if isinstance(record, ArrayRecord) else {}
+    if sorted(arrays) != sorted(str(i) for i in range(count)):
+        raise InstructionError(f"message record '{what}' holds {sorted(arrays)}; expected arrays 0..{count - 1}")
+    return [arrays[str(i)] for i in range(count)]
+
+
+class SplitClient:
+    """The trainable client pieces and their optimisers, restored from and saved to ``context.state``."""
+
+    def __init__(self, cfg: RunConfig, orders: SplitInstructions, context: Context) -> None:
+        self.cfg, self.orders, self.context = cfg, orders, context
+        parts = split_model(build_model(cfg), orders.cut, orders.variant)
+        self.extractor, self.top = parts.extractor, parts.top
+        self.pieces = nn.ModuleDict({"extractor": self.extractor, **({"top": self.top} if self.top else {})})
+        self.optimisers = {name: optimiser_for(piece.parameters(), "adam", cfg.learning_rate)
+                           for name, piece in self.pieces.items()}
+        kept = context.state.get(STATE_WEIGHTS)
+        if isinstance(kept, ArrayRecord):
+            self.load_weights(from_array_record(kept))
+        moments = context.state.get(STATE_OPTIMISER)
+        if isinstance(moments, ArrayRecord):
+            self._load_optimisers(from_array_record(moments))
+
+    def weights(self) -> OrderedDict[str, np.ndarray]:
+        return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in self.pieces.state_dict().items())
+
+    def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        state = self.pieces.state_dict()
+        if sorted(arrays) != sorted(state):
+            raise InstructionError(f"split weights name {sorted(arrays)[:3]}...; expected this client's pieces "
+                                   f"{sorted(state)[:3]}...")
+        for name, value in arrays.items():
+            if tuple(value.shape) != tuple(state[name].shape) or not np.all(np.isfinite(value)):
+                raise InstructionError(f"split weight '{name}' of shape {value.shape}; expected finite values of "
+                                       f"shape {tuple(state[name].shape)}")
+        self.pieces.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
+
+    def _load_optimisers(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, optimiser in self.optimisers.items():
+            state = optimiser.state_dict()
+            for index in range(len(state["param_groups"][0]["params"])):
+                keys = [f"{name}.{index}.{k}" for k in ADAM_KEYS]
+                if all(k in arrays for k in keys):
+                    state["state"][index] = {k: torch.as_tensor(arrays[key]) for k, key in zip(ADAM_KEYS, keys)}
+            optimiser.load_state_dict(state)
+
+    def save(self) -> None:
+        self.context.state[STATE_WEIGHTS] = to_array_record(self.weights())
+        moments = OrderedDict()
+        for name, optimiser in self.optimisers.items():
+            for index, values in optimiser.state_dict()["state"].items():
+                for key in ADAM_KEYS:
+                    moments[f"{name}.{index}.{key}"] = np.asarray(values[key].detach().cpu().numpy())
+        self.context.state[STATE_OPTIMISER] = to_array_record(moments)
+
+
+class Cursor:
+    """Where the client is in this round's ``local-epochs`` passes, and the batches awaiting gradients."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        kept = context.state.get(STATE_CURSOR)
+        values = dict(kept) if isinstance(kept, ConfigRecord) else {}
+        self.round = int(values.get("round", 0))
+        self.epoch = int(values.get("epoch", 0))
+        self.position = int(values.get("position", 0))
+        self.pending = [list(map(int, values[f"pending-{i}"])) for i in range(int(values.get("pending", 0)))]
+
+    def restart(self, server_round: int) -> None:
+        self.round, self.epoch, self.position, self.pending = server_round, 0, 0, []
+
+    def next_batches(self, n: int, cfg: RunConfig, node: NodeConfig, count: int) -> list[list[int]]:
+        """Up to ``count`` batches of this round's passes over ``n`` records, in a per-epoch order."""
+        out = []
+        while len(out) < count and self.epoch < cfg.local_epochs:
+            seed = [cfg.seed, self.round, node.partition_id, self.epoch]
+            order = np.random.default_rng(seed).permutation(n)
+            batch = order[self.position:self.position + cfg.batch_size]
+            self.position += cfg.batch_size
+            if self.position >= n:
+                self.epoch, self.position = self.epoch + 1, 0
+            if len(batch):
+                out.append([int(i) for i in batch])
+        self.pending = out
+        return out
+
+    def save(self) -> None:
+        record = ConfigRecord({"round": self.round, "epoch": self.epoch, "position": self.position,
+                               "pending": len(self.pending)})
+        for i, batch in enumerate(self.pending):
+            record[f"pending-{i}"] = batch
+        self.context.state[STATE_CURSOR] = record
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeConfig, SplitInstructions, SplitClient, str]:
+    cfg = RunConfig.from_flower(context.run_config)
+    node = NodeConfig.from_flower(context.node_config)
+    orders = SplitInstructions.from_config(msg.content["config"])
+    client = SplitClient(cfg, orders, context)
+    if isinstance(msg.content.get(WEIGHTS), ArrayRecord):
+        client.load_weights(from_array_record(msg.content[WEIGHTS]))  # the server's average of the round
+    return cfg, node, orders, client, dataset_spec(node.dataset_for(cfg)).task
+
+
+def split_step(msg: Message, context: Context) -> Message:
+    """Apply the gradients the message carries (if any); reply with the next activations, or done."""
+    cfg, node, orders, client, task = _setup(msg, context)
+    data = client_arrays(cfg, node)
+    cursor = Cursor(context)
+    if orders.server_round != cursor.round:
+        cursor.restart(orders.server_round)
+    if GRADIENTS in msg.content:
+        grads = _indexed(msg.content[GRADIENTS], GRADIENTS, len(cursor.pending))
+        client.optimisers["extractor"].zero_grad()
+        for batch, grad in zip(cursor.pending, grads):
+            activations = client.extractor(torch.as_tensor(data.x_train[batch]))  # recomputed: same weights
+            if grad.shape != tuple(activations.shape) or not np.all(np.isfinite(grad)):
+                raise InstructionError(f"activation gradient of shape {grad.shape}; expected finite values of "
+                                       f"shape {tuple(activations.shape)}")
+            activations.backward(torch.as_tensor(grad) / len(grads))
+        client.optimisers["extractor"].step()
+    batches = cursor.next_batches(len(data.y_train), cfg, node, orders.micro_batches)
+    content = RecordDict({"metrics": MetricRecord({"num-examples": sum(map(len, batches))}),
+                          "config": ConfigRecord({DONE: not batches})})
+    if batches:
+        with torch.no_grad():
+            content[ACTIVATIONS] = to_array_record({str(i): client.extractor(torch.as_tensor(data.x_train[b])).numpy()
+                                                    for i, b in enumerate(batches)})
+        if orders.variant == "plain":  # the label-private variant keeps them here
+            content[LABELS] = to_array_record({str(i): data.y_train[b] for i, b in enumerate(batches)})
+    client.save()
+    cursor.save()
+    return Message(content=content, reply_to=msg)
+
+
+def split_readouts(msg: Message, context: Context) -> Message:
+    """U-shaped: the final layer and the loss on the head's read-outs; reply with their gradients."""
+    cfg, node, orders, client, task = _setup(msg, context)
+    if client.top is None:
+        raise InstructionError("read-outs arrived for the plain variant; expected split-variant 'u-shaped'")
+    data = client_arrays(cfg, node)
+    cursor = Cursor(context)
+    readouts = _indexed(msg.content.get(READOUTS), READOUTS, len(cursor.pending))
+    client.optimisers["top"].zero_grad()
+    grads, losses = {}, []
+    for i, (batch, z_values) in enumerate(zip(cursor.pending, readouts)):
+        expected = (len(batch), client.top.in_features)
+        if z_values.shape != expected or not np.all(np.isfinite(z_values)):
+            raise InstructionError(f"read-outs of shape {z_values.shape}; expected finite values of shape {expected}")
+        z = torch.as_tensor(z_values).requires_grad_(True)
+        loss = loss_function(task)(client.top(z), torch.as_tensor(data.y_train[batch]))
+        (loss / len(readouts)).backward()
+        grads[str(i)] = z.grad.numpy() * len(readouts)  # dL_i/dz_i: the head steps on each micro-batch
+        losses.append(float(loss.detach()))
+    client.optimisers["top"].step()
+    client.save()
+    return Message(content=RecordDict({READOUT_GRADIENTS: to_array_record(grads),
+                                       "metrics": MetricRecord({"train-loss": float(np.mean(losses))})}),
+                   reply_to=msg)
+
+
+def split_weights(msg: Message, context: Context) -> Message:
+    """Round end: the client's pieces and its training size, for the server's sample-weighted average."""
+    cfg, node, _, client, _ = _setup(msg, context)
+    data = client_arrays(cfg, node)
+    return Message(content=RecordDict({WEIGHTS: to_array_record(client.weights()),
+                                       "metrics": MetricRecord({"num-examples": len(data.y_train)})}), reply_to=msg)
+
+
+def split_activations(msg: Message, context: Context) -> Message:
+    """The evaluator's activations of the named splits, under the weights the message carries."""
+    cfg, node, orders, client, _ = _setup(msg, context)
+    client.save()
+    arrays = {}
+    with torch.no_grad():
+        client.extractor.eval()
+        for split in orders.splits:
+            x, _ = split_arrays(cfg, node, split)
+            arrays[split] = np.concatenate([client.extractor(torch.as_tensor(x[i:i + 256])).numpy()
+                                            for i in range(0, len(x), 256)]) if len(x) else np.zeros((0,))
+    return Message(content=RecordDict({ACTIVATIONS: to_array_record(arrays)}), reply_to=msg)
+
+
+def split_evaluate(msg: Message, context: Context) -> Message:
+    """Metrics of the named splits from the head's outputs (U-shaped: through the client's final layer)."""
+    cfg, node, orders, client, task = _setup(msg, context)
+    outputs = from_array_record(msg.content[OUTPUTS]) if isinstance(msg.content.get(OUTPUTS), ArrayRecord) else {}
+    metrics: dict[str, float | list] = {}
+    for split in orders.splits:
+        if split not in outputs:
+            raise InstructionError(f"message record '{OUTPUTS}' lacks split {split!r}; expected {list(orders.splits)}")
+        _, y = split_arrays(cfg, node, split)
+        logits = outputs[split]
+        if client.top is not None:
+            with torch.no_grad():
+                logits = client.top(torch.as_tensor(logits, dtype=torch.float32)).numpy()
+        if logits.shape != y.shape:
+            raise InstructionError(f"outputs of split {split!r} of shape {logits.shape}; expected {y.shape}")
+        report = report_from_probabilities(probabilities(logits, task), y, task)
+        metrics.update({f"{split}-{k.replace('_', '-')}": v if isinstance(v, list) else float(v)
+                        for k, v in report.items()})
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

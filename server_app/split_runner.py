@@ -1,0 +1,238 @@
+"""Split learning on the Grid (``mode = "split"``): many clients, one shared server head (SplitFed).
+
+A round, for every node at once (clients run in parallel within a round):
+1. ``train.split_step`` (with last round's averaged client weights): each client replies with the
+   activations of its next micro-batches (plain: and their labels), or that it is done with its
+   ``local-epochs`` passes;
+2. the head steps on each micro-batch as the replies arrive (one shared head, updated in reply
+   order), giving ``dL/da``; U-shaped, it first sends its read-outs (``query.split_readouts``) and
+   back-propagates the gradients the clients return;
+3. the next ``train.split_step`` carries ``dL/da``: the client steps and replies with its next
+   activations, until every client is done.
+At round end every client sends its pieces (``query.split_weights``) and the server averages them
+weighted by training-set size; the evaluator scores the validation split (and, in the last round,
+the test split): it sends activations, the head returns its outputs, the client computes metrics.
+
+A reply that is an error, or whose arrays have the wrong shape or are not finite, drops that node
+for the rest of the round with a reason naming it; the round goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from common.config import RunConfig
+from common.instructions import (ACTIVATIONS, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
+                                 SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP, SPLIT_WEIGHTS, WEIGHTS,
+                                 SplitInstructions)
+from common.model import build_model
+from common.split_model import split_model
+from common.wire import from_array_record, serialized_size, to_array_record
+from data_prep.registry import dataset_spec
+from server_app.split_head import SplitHeadTrainer, SplitInputError
+from strategies.layerwise import RoundLog
+
+
+def _arrays(content: RecordDict, key: str, node: int) -> list[np.ndarray]:
+    record = content.get(key)
+    arrays = from_array_record(record) if record is not None else {}
+    if sorted(arrays) != [str(i) for i in range(len(arrays))] or not arrays:
+        raise SplitInputError(f"node {node}: record '{key}' holds {sorted(arrays)}; expected arrays 0, 1, ...")
+    return [arrays[str(i)] for i in range(len(arrays))]
+
+
+class SplitRun:
+    """The head, the clients' averaged weights, and the round loop."""
+
+    def __init__(self, cfg: RunConfig, grid: Grid) -> None:
+        self.cfg, self.grid = cfg, grid
+        spec = dataset_spec(cfg.dataset)
+        model = build_model(cfg)
+        parts = split_model(model, cfg.split_cut, cfg.split_variant)
+        with torch.no_grad():
+            shape = tuple(parts.extractor(torch.zeros(1, spec.num_channels,
+                                                      spec.window_samples(cfg.sampling_rate))).shape[1:])
+        self.head = SplitHeadTrainer(parts.head, shape, spec.task, learning_rate=cfg.learning_rate)
+        self.output_width = spec.num_classes if cfg.split_variant == "plain" else cfg.n_qubits
+        self.client_weights: OrderedDict[str, np.ndarray] | None = None
+        self.evaluator: int | None = None
+        log(logging.INFO, "Split learning: %s variant, cut after %s, activations of shape %s per example; "
+            "server head on %s", cfg.split_variant, cfg.split_cut, shape, self.head.device)
+
+    def _orders(self, server_round: int, splits: tuple[str, ...] = ("val",)) -> ConfigRecord:
+        return SplitInstructions(server_round, self.cfg.split_variant, self.cfg.split_cut,
+                                 self.cfg.split_micro_batches, splits).to_config()
+
+    def _with_weights(self, content: RecordDict) -> RecordDict:
+        """The clients' averaged pieces go out with a round's first message (none before round 1)."""
+        if self.client_weights is not None:
+            content[WEIGHTS] = to_array_record(self.client_weights)
+        return content
+
+    def _exchange(self, messages: list[Message], log_: RoundLog, up: str, down: str) -> Iterable[Message]:
+        log_.bytes[down] += sum(serialized_size(m.content) for m in messages)
+        started = time.time()
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        split = log_.train.setdefault("split", {"round_trips": 0, "wait_seconds": 0.0, "head_seconds": 0.0,
+                                                "activation_bytes": 0, "gradient_bytes": 0})
+        split["round_trips"] += 1
+        split["wait_seconds"] += time.time() - started
+        log_.bytes[up] += sum(serialized_size(r.content) for r in replies if not r.has_error())
+        return replies
+
+    def _drop(self, log_: RoundLog, node: int, reason: str, active: set[int]) -> None:
+        """``reason`` names the node (SplitInputError does; a client's error reason is prefixed here)."""
+        reason = reason if reason.startswith(f"node {node}:") else f"node {node}: {reason}"
+        log(logging.WARNING, "Round %d: dropped %s", log_.round, reason)
+        log_.dropped.append(reason)
+        active.discard(node)
+        self._dropped.add(node)
+        self.head.forget(node)
+
+    def train_round(self, server_round: int, nodes: list[int]) -> RoundLog:
+        log_ = RoundLog(round=server_round)
+        self._dropped: set[int] = set()
+        t0 = time.time()
+        active, losses, examples = set(nodes), [], 0
+        messages = [Message(content=self._with_weights(RecordDict({"config": self._orders(server_round)})),
+                            dst_node_id=n, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP}") for n in sorted(active)]
+        while messages:
+            replies = self._exchange(messages, log_, "train_up", "train_down")
+            grads: dict[int, list[np.ndarray]] = {}
+            readouts: dict[int, list[np.ndarray]] = {}
+            for reply in replies:
+                node = reply.metadata.src_node_id
+                if node not in nodes:
+                    log_.dropped.append(f"node {node}: not a node of this round; reply ignored")
+                    continue
+                if node not in active:
+                    continue
+                if reply.has_error():
+                    self._drop(log_, node, reply.error.reason, active)
+                    continue
+                if bool(reply.content["config"].get(DONE, False)):
+                    active.discard(node)
+                    continue
+                started = time.time()
+                try:
+                    acts = _arrays(reply.content, ACTIVATIONS, node)
+                    if self.cfg.split_variant == "plain":
+                        labels = _arrays(reply.content, LABELS, node)
+                        if len(labels) != len(acts):
+                            raise SplitInputError(f"node {node}: {len(labels)} label arrays for {len(acts)} "
+                                                  "activation arrays; expected one each")
+                        steps = [self.head.plain_step(a, y, node) for a, y in zip(acts, labels)]
+                        grads[node] = [g for g, _ in steps]
+                        losses += [loss for _, loss in steps]
+                    else:
+                        readouts[node] = [self.head.forward(a, node, i) for i, a in enumerate(acts)]
+                    log_.train["split"]["activation_bytes"] += sum(a.nbytes for a in acts)
+                    examples += sum(len(a) for a in acts)
+                except SplitInputError as err:
+                    self._drop(log_, node, str(err), active)
+                log_.train["split"]["head_seconds"] += time.time() - started
+            if readouts:
+                grads.update(self._u_backward(server_round, readouts, log_, active, losses))
+            for node_grads in grads.values():
+                log_.train["split"]["gradient_bytes"] += sum(g.nbytes for g in node_grads)
+            messages = [Message(content=RecordDict({"config": self._orders(server_round),
+                                                    GRADIENTS: to_array_record({str(i): g for i, g in enumerate(gs)})}),
+                                dst_node_id=node, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP}")
+                        for node, gs in sorted(grads.items()) if node in active]
+        kept = [n for n in nodes if n not in self._dropped]  # a dropped node's pieces stay out of the average
+        self._average(server_round, kept, log_)
+        log_.train.update({"loss": float(np.mean(losses)) if losses else float("nan"), "clients": len(kept),
+                           "examples": examples})
+        if kept:
+            self._evaluate(server_round, kept, log_)
+        log_.seconds = time.time() - t0
+        return log_
+
+    def _u_backward(self, server_round: int, readouts: dict[int, list[np.ndarray]], log_: RoundLog,
+                    active: set[int], losses: list[float]) -> dict[int, list[np.ndarray]]:
+        messages = [Message(content=RecordDict({"config": self._orders(server_round),
+                                                READOUTS: to_array_record({str(i): z for i, z in enumerate(zs)})}),
+                            dst_node_id=node, message_type=f"{MessageType.QUERY}.{SPLIT_READOUTS}")
+                    for node, zs in sorted(readouts.items()) if node in active]
+        grads = {}
+        for reply in self._exchange(messages, log_, "train_up", "train_down"):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self._drop(log_, node, reply.error.reason, active)
+                continue
+            started = time.time()
+            try:
+                grad_z = _arrays(reply.content, READOUT_GRADIENTS, node)
+                if len(grad_z) != len(readouts[node]):
+                    raise SplitInputError(f"node {node}: {len(grad_z)} read-out gradients for "
+                                          f"{len(readouts[node])} micro-batches; expected one each")
+                grads[node] = [self.head.backward(g, node, i) for i, g in enumerate(grad_z)]
+                losses.append(float(reply.content["metrics"].get("train-loss", float("nan"))))
+            except SplitInputError as err:
+                self._drop(log_, node, str(err), active)
+            log_.train["split"]["head_seconds"] += time.time() - started
+        self.head.step()
+        return grads
+
+    def _average(self, server_round: int, nodes: list[int], log_: RoundLog) -> None:
+        """Sample-weighted average of the clients' pieces (extractor, and the final layer when U-shaped)."""
+        messages = [Message(content=RecordDict({"config": self._orders(server_round)}), dst_node_id=n,
+                            message_type=f"{MessageType.QUERY}.{SPLIT_WEIGHTS}") for n in nodes]
+        total, weights = 0.0, None
+        reference = self.client_weights
+        for reply in self._exchange(messages, log_, "train_up", "train_down"):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log_.dropped.append(f"node {node}: weights: {reply.error.reason}")
+                continue
+            arrays = from_array_record(reply.content[WEIGHTS])
+            n = float(reply.content["metrics"].get("num-examples", 0))
+            reference = reference or arrays
+            if sorted(arrays) != sorted(reference) or any(
+                    arrays[k].shape != reference[k].shape or not np.all(np.isfinite(arrays[k])) for k in arrays):
+                log_.dropped.append(f"node {node}: weights of other names or shapes, or not finite")
+                continue
+            weights = weights or OrderedDict((k, np.zeros_like(v, dtype=np.float64)) for k, v in arrays.items())
+            for k, v in arrays.items():
+                weights[k] += n * v
+            total += n
+            log_.weights[str(node)] = n
+        if weights is not None and total > 0:
+            self.client_weights = OrderedDict((k, (v / total).astype(np.float32)) for k, v in weights.items())
+            log_.weights = {k: v / total for k, v in log_.weights.items()}
+
+    def _evaluate(self, server_round: int, nodes: list[int], log_: RoundLog) -> None:
+        if self.evaluator not in nodes:
+            self.evaluator = nodes[0]
+        splits = ("val", "test") if server_round == self.cfg.num_server_rounds else ("val",)
+        content = self._with_weights(RecordDict({"config": self._orders(server_round, splits)}))
+        ask = Message(content=content, dst_node_id=self.evaluator,
+                      message_type=f"{MessageType.QUERY}.{SPLIT_ACTIVATIONS}")
+        reply = next(iter(self._exchange([ask], log_, "eval_up", "eval_down")), None)
+        if reply is None or reply.has_error():
+            log_.dropped.append(f"evaluator {self.evaluator}: {reply.error.reason if reply else 'no reply'}")
+            self.evaluator = None
+            return
+        activations = from_array_record(reply.content[ACTIVATIONS])
+        outputs = {split: self.head.predict(activations[split], self.evaluator) for split in splits
+                   if split in activations and len(activations[split])}
+        score = Message(content=RecordDict({"config": self._orders(server_round, splits),
+                                            OUTPUTS: to_array_record(outputs)}),
+                        dst_node_id=self.evaluator, message_type=f"{MessageType.EVALUATE}.{SPLIT_EVALUATE}")
+        reply = next(iter(self._exchange([score], log_, "eval_up", "eval_down")), None)
+        if reply is None or reply.has_error():
+            log_.dropped.append(f"evaluator {self.evaluator}: {reply.error.reason if reply else 'no reply'}")
+            return
+        metrics = dict(reply.content.get("metrics", MetricRecord()))
+        log_.validation = {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")}
+        if any(k.startswith("test-") for k in metrics):
+            log_.test = {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}

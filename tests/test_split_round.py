@@ -1,0 +1,88 @@
+"""A split-learning round on an in-process grid: clients step through their data; bad replies are dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client_app import split_steps
+from common.config import NodeConfig, RunConfig
+from common.instructions import ACTIVATIONS
+from data_prep.client_data import client_arrays
+from server_app.split_runner import SplitRun
+
+ROUTES = {"train.split_step": split_steps.split_step, "query.split_readouts": split_steps.split_readouts,
+          "query.split_weights": split_steps.split_weights, "query.split_activations": split_steps.split_activations,
+          "evaluate.split_evaluate": split_steps.split_evaluate}
+
+
+class InProcessGrid:
+    """Delivers each message to the ClientApp function of its action, with one Context per node."""
+
+    def __init__(self, cfg: RunConfig, nodes: int, tamper=None) -> None:
+        self.contexts = {i + 1: Context(1, i + 1, {"partition-id": i, "num-partitions": nodes}, RecordDict(),
+                                        cfg.as_flat_dict()) for i in range(nodes)}
+        self.tamper = tamper or (lambda message, reply: reply)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        return [self.tamper(m, ROUTES[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id]))
+                for m in messages]
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what a running ServerApp sets
+
+
+def _cfg(**extra) -> RunConfig:
+    return RunConfig.from_flower({"mode": "split", "num-server-rounds": 2, "local-epochs": 1,
+                                  "synthetic-records": 300, **extra})
+
+
+def _local_train_sizes(cfg: RunConfig, nodes: int) -> list[int]:
+    return [len(client_arrays(cfg, NodeConfig(partition_id=i, num_partitions=nodes)).y_train) for i in range(nodes)]
+
+
+@pytest.mark.parametrize("variant", ["plain", "u-shaped"])
+def test_round_steps_every_record_and_averages_by_size(variant):
+    cfg = _cfg(**{"split-variant": variant})
+    grid = InProcessGrid(cfg, 3)
+    run = SplitRun(cfg, grid)
+    first = run.train_round(1, grid.get_node_ids())
+    sizes = _local_train_sizes(cfg, 3)
+    assert first.train["examples"] == sum(sizes) and first.dropped == []
+    assert first.weights == pytest.approx({str(n): s / sum(sizes) for n, s in zip((1, 2, 3), sizes)})
+    # every client now holds the average the server will send: round 2 starts from one extractor
+    second = run.train_round(2, grid.get_node_ids())
+    assert second.test is not None and second.test["num-examples"] > 0
+    assert np.isfinite(second.validation["loss"])
+
+
+def test_bad_replies_drop_their_node_and_the_round_goes_on():
+    cfg = _cfg()
+
+    def tamper(message: Message, reply: Message) -> Message:
+        node = message.metadata.dst_node_id
+        if message.metadata.message_type == "train.split_step" and ACTIVATIONS in reply.content:
+            arrays = {k: np.asarray(v.numpy()) for k, v in reply.content[ACTIVATIONS].items()}
+            if node == 2:  # NaN activations
+                arrays = {k: np.full_like(v, np.nan) for k, v in arrays.items()}
+            if node == 3:  # the wrong width
+                arrays = {k: v[:, :10] for k, v in arrays.items()}
+            reply.content[ACTIVATIONS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        return reply
+
+    grid = InProcessGrid(cfg, 4, tamper)
+    run = SplitRun(cfg, grid)
+    result = run.train_round(1, grid.get_node_ids())
+    assert result.dropped == ["node 2: activations holds non-finite values; expected finite numbers",
+                              "node 3: activations of shape (32, 10); expected ('batch', 64)"]
+    sizes = _local_train_sizes(cfg, 4)
+    assert result.train["examples"] == sizes[0] + sizes[3] and result.train["clients"] == 2
+    assert set(result.weights) == {"1", "4"}  # the dropped nodes' pieces are not averaged
+    assert np.isfinite(result.validation["macro-auc"])
