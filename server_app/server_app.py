@@ -7,6 +7,7 @@ create their shared key pair), with which it can add and scale ciphertexts but n
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -67,6 +68,20 @@ def save_final_model(folder: Path, strategy: LayerwiseStrategy) -> None:
         }, indent=2))
 
 
+def head_cpu_latency_ms(head: torch.nn.Module, activation_shape: tuple[int, ...], batch: int = 64,
+                        repeats: int = 5) -> float:
+    """The server head's inference time per sample on the CPU, best of ``repeats`` batches of ``batch``."""
+    cpu = copy.deepcopy(head).to("cpu").eval()
+    x = torch.zeros((batch, *activation_shape))
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            cpu(x)
+            best = min(best, time.perf_counter() - started)
+    return 1000 * best / batch
+
+
 def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model) -> None:
     """``mode = "split"``: client extractors, one shared server head (``server_app.split_runner``)."""
     folder = new_run_folder(cfg.results_dir, project_root(), f"split-{cfg.split_variant}")
@@ -88,6 +103,7 @@ def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model) -> None:
         log(logging.INFO, "%s | round trips %d | head %.1f s, waiting %.1f s", _progress(cfg, r),
             split["round_trips"], split["head_seconds"], split["wait_seconds"])
     recorder.set("total_seconds", time.time() - t0)
+    recorder.set("head_cpu_inference_ms_per_sample", head_cpu_latency_ms(run.head.head, run.head.activation_shape))
     recorder.set("bytes_total", {k: int(sum(r.bytes[k] for r in history))
                                  for k in ("train_down", "train_up", "eval_down", "eval_up")})
     recorder.write()

@@ -31,6 +31,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
+from common.gpu_energy import GpuEnergyMeter, nvml_status
 from common.instructions import (ACTIVATIONS, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
                                  SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP, SPLIT_WEIGHTS, WEIGHTS,
                                  SplitInstructions)
@@ -63,6 +64,10 @@ class SplitRun:
                                                       spec.window_samples(cfg.sampling_rate))).shape[1:])
         self.head = SplitHeadTrainer(parts.head, shape, spec.task, learning_rate=cfg.learning_rate)
         self.output_width = spec.num_classes if cfg.split_variant == "plain" else cfg.n_qubits
+        self.meter, self.energy_note = None, "the head runs on the CPU; NVML measures GPUs only"
+        if self.head.device == "cuda":
+            available, self.energy_note = nvml_status()
+            self.meter = GpuEnergyMeter() if available else None
         self.client_weights: OrderedDict[str, np.ndarray] | None = None
         self.evaluator: int | None = None
         log(logging.INFO, "Split learning: %s variant, cut after %s, activations of shape %s per example; "
@@ -71,6 +76,22 @@ class SplitRun:
     def _orders(self, server_round: int, splits: tuple[str, ...] = ("val",)) -> ConfigRecord:
         return SplitInstructions(server_round, self.cfg.split_variant, self.cfg.split_cut,
                                  self.cfg.split_micro_batches, splits).to_config()
+
+    def _head_work_started(self) -> float:
+        if self.meter is not None:
+            torch.cuda.synchronize()
+            self.meter.start()
+        return time.perf_counter()
+
+    def _head_work_done(self, started: float, log_: RoundLog, batches: int) -> None:
+        """Adds the head's seconds (and, on a GPU with NVML, its energy) of ``batches`` micro-batches."""
+        if self.head.device == "cuda":
+            torch.cuda.synchronize()
+        split = log_.train["split"]
+        split["head_seconds"] += time.perf_counter() - started
+        split["head_batches"] = split.get("head_batches", 0) + batches
+        if self.meter is not None:
+            split["head_millijoules"] = split.get("head_millijoules", 0.0) + self.meter.stop().millijoules
 
     def _with_weights(self, content: RecordDict) -> RecordDict:
         """The clients' averaged pieces go out with a round's first message (none before round 1)."""
@@ -122,7 +143,7 @@ class SplitRun:
                 if bool(reply.content["config"].get(DONE, False)):
                     active.discard(node)
                     continue
-                started = time.time()
+                started, acts = self._head_work_started(), []
                 try:
                     acts = _arrays(reply.content, ACTIVATIONS, node)
                     if self.cfg.split_variant == "plain":
@@ -139,7 +160,7 @@ class SplitRun:
                     examples += sum(len(a) for a in acts)
                 except SplitInputError as err:
                     self._drop(log_, node, str(err), active)
-                log_.train["split"]["head_seconds"] += time.time() - started
+                self._head_work_done(started, log_, len(acts) if self.cfg.split_variant == "plain" else 0)
             if readouts:
                 grads.update(self._u_backward(server_round, readouts, log_, active, losses))
             for node_grads in grads.values():
@@ -150,6 +171,14 @@ class SplitRun:
                         for node, gs in sorted(grads.items()) if node in active]
         kept = [n for n in nodes if n not in self._dropped]  # a dropped node's pieces stay out of the average
         self._average(server_round, kept, log_)
+        split = log_.train["split"]
+        batches = split.get("head_batches", 0)
+        split["head_ms_per_batch"] = 1000 * split["head_seconds"] / batches if batches else None
+        split["head_device"] = self.head.device
+        split["energy_mj_per_sample"] = (split["head_millijoules"] / examples
+                                         if "head_millijoules" in split and examples else None)
+        if split["energy_mj_per_sample"] is None:
+            split["energy_note"] = self.energy_note
         log_.train.update({"loss": float(np.mean(losses)) if losses else float("nan"), "clients": len(kept),
                            "examples": examples})
         if kept:
@@ -169,7 +198,7 @@ class SplitRun:
             if reply.has_error():
                 self._drop(log_, node, reply.error.reason, active)
                 continue
-            started = time.time()
+            started, grad_z = self._head_work_started(), []
             try:
                 grad_z = _arrays(reply.content, READOUT_GRADIENTS, node)
                 if len(grad_z) != len(readouts[node]):
@@ -179,7 +208,7 @@ class SplitRun:
                 losses.append(float(reply.content["metrics"].get("train-loss", float("nan"))))
             except SplitInputError as err:
                 self._drop(log_, node, str(err), active)
-            log_.train["split"]["head_seconds"] += time.time() - started
+            self._head_work_done(started, log_, len(grad_z))  # a U-shaped batch: its forward and backward
         self.head.step()
         return grads
 
@@ -223,8 +252,12 @@ class SplitRun:
             self.evaluator = None
             return
         activations = from_array_record(reply.content[ACTIVATIONS])
+        started = time.perf_counter()
         outputs = {split: self.head.predict(activations[split], self.evaluator) for split in splits
                    if split in activations and len(activations[split])}
+        scored = sum(len(v) for v in outputs.values())
+        if scored:
+            log_.train["split"]["head_inference_ms_per_sample"] = 1000 * (time.perf_counter() - started) / scored
         score = Message(content=RecordDict({"config": self._orders(server_round, splits),
                                             OUTPUTS: to_array_record(outputs)}),
                         dst_node_id=self.evaluator, message_type=f"{MessageType.EVALUATE}.{SPLIT_EVALUATE}")

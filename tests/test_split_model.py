@@ -77,3 +77,17 @@ def test_bad_activations_and_gradients_name_the_node():
     server.forward(np.zeros((2, 64), np.float32), node=3)
     with pytest.raises(SplitInputError, match=r"node 3: read-out gradient of shape \(2, 5\); expected \(2, 4\)"):
         server.backward(np.zeros((2, 5), np.float32), node=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_head_on_cuda_matches_the_cpu():
+    model = build_model(RunConfig())
+    heads = [SplitHeadTrainer(copy.deepcopy(split_model(model).head), (64,), "multilabel", optimiser="sgd",
+                              learning_rate=LR, device=device) for device in ("cpu", "cuda")]
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        a = rng.normal(0, 1, (16, 64)).astype(np.float32)
+        y = (rng.random((16, 5)) < 0.3).astype(np.float32)
+        (g_cpu, l_cpu), (g_gpu, l_gpu) = (head.plain_step(a, y, node=1) for head in heads)
+        np.testing.assert_allclose(g_gpu, g_cpu, atol=1e-5)
+        assert l_gpu == pytest.approx(l_cpu, abs=1e-5)

@@ -61,6 +61,12 @@ def test_round_steps_every_record_and_averages_by_size(variant):
     second = run.train_round(2, grid.get_node_ids())
     assert second.test is not None and second.test["num-examples"] > 0
     assert np.isfinite(second.validation["loss"])
+    split = second.train["split"]
+    batches = sum(-(-n // 32) for n in sizes)  # ceil: one micro-batch per message
+    assert split["head_batches"] == batches and split["head_ms_per_batch"] > 0
+    assert split["head_inference_ms_per_sample"] > 0
+    # no GPU here: the energy figure is absent and says why, and nothing failed
+    assert split["energy_mj_per_sample"] is None and "CPU" in split["energy_note"]
 
 
 def test_bad_replies_drop_their_node_and_the_round_goes_on():
