@@ -20,8 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from torch import nn
 
 from common.config import NodeConfig, RunConfig
-from common.instructions import (ACTIVATIONS, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS, WEIGHTS,
-                                 InstructionError, SplitInstructions)
+from common.instructions import (ACTIVATIONS, DATASET, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
+                                 WEIGHTS, InstructionError, SplitInstructions)
 from common.model import build_model
 from common.split_model import split_model
 from common.task import loss_function, optimiser_for, probabilities, report_from_probabilities
@@ -130,13 +130,16 @@ class Cursor:
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeConfig, SplitInstructions, SplitClient, str]:
-    cfg = RunConfig.from_flower(context.run_config)
+    """The run as this client's data set sees it (mixed U-shaped runs), its node, the orders and its pieces."""
+    run = RunConfig.from_flower(context.run_config)
     node = NodeConfig.from_flower(context.node_config)
+    dataset = node.dataset_for(run)
+    cfg, node = run.for_dataset(dataset), node.within_dataset(run)
     orders = SplitInstructions.from_config(msg.content["config"])
     client = SplitClient(cfg, orders, context)
     if isinstance(msg.content.get(WEIGHTS), ArrayRecord):
         client.load_weights(from_array_record(msg.content[WEIGHTS]))  # the server's average of the round
-    return cfg, node, orders, client, dataset_spec(node.dataset_for(cfg)).task
+    return cfg, node, orders, client, dataset_spec(dataset).task
 
 
 def split_step(msg: Message, context: Context) -> Message:
@@ -201,7 +204,8 @@ def split_weights(msg: Message, context: Context) -> Message:
     cfg, node, _, client, _ = _setup(msg, context)
     data = client_arrays(cfg, node)
     return Message(content=RecordDict({WEIGHTS: to_array_record(client.weights()),
-                                       "metrics": MetricRecord({"num-examples": len(data.y_train)})}), reply_to=msg)
+                                       "metrics": MetricRecord({"num-examples": len(data.y_train)}),
+                                       "config": ConfigRecord({DATASET: cfg.dataset})}), reply_to=msg)
 
 
 def split_activations(msg: Message, context: Context) -> Message:

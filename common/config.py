@@ -102,6 +102,7 @@ class RunConfig(BaseModel):
     split_variant: Literal["plain", "u-shaped"] = "plain"
     split_cut: Literal["conv2", "conv3", "conv4"] = "conv4"
     split_micro_batches: int = Field(1, ge=1, le=1024)  # per message: the head steps on each, the client once
+    split_datasets: str = ""  # U-shaped: data sets simulated clients take in turn (a node config dataset overrides)
 
     @field_validator("dataset")
     @classmethod
@@ -128,6 +129,21 @@ class RunConfig(BaseModel):
                              "head on the server: model 'hybrid')")
         return value
 
+    @field_validator("split_datasets")
+    @classmethod
+    def _mixed_needs_the_u_shape(cls, value: str, info: ValidationInfo) -> str:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = [n for n in names if n not in DATASETS]
+        if unknown:
+            raise ValueError(f"a comma-separated list of data sets from {', '.join(DATASETS)} (unknown: "
+                             f"{', '.join(unknown)})")
+        if names and (info.data.get("mode") != "split" or info.data.get("split_variant") != "u-shaped"
+                      or info.data.get("split_cut") != "conv4"):
+            raise ValueError("empty unless mode 'split', split-variant 'u-shaped' and split-cut 'conv4' (clients of "
+                             "different data sets share only the head: each keeps its own extractor and final layer, "
+                             "and at conv4 every extractor sends the same 64 numbers per example)")
+        return value
+
     @field_validator("results_dir")
     @classmethod
     def _absolute_results_dir(cls, value: str) -> str:
@@ -150,6 +166,20 @@ class RunConfig(BaseModel):
     @property
     def test_subject_ids(self) -> tuple[str, ...]:
         return tuple(v.strip() for v in self.test_subjects.split(",") if v.strip())
+
+    @property
+    def mixed_datasets(self) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.split_datasets.split(",") if v.strip())
+
+    def for_dataset(self, dataset: str) -> RunConfig:
+        """This run as a client of ``dataset`` sees it: that data set's default rate, windows, subjects and
+        built-in set (a node config ``data-path`` still names a real folder)."""
+        if dataset == self.dataset:
+            return self
+        rates = DATASETS[dataset].sampling_rates
+        return self.model_copy(update={"dataset": dataset, "sampling_rate": rates[0] if rates else 0, "data_path": "",
+                                       "val_subjects": "", "test_subjects": "", "window_seconds": 0.0,
+                                       "window_step_seconds": 0.0})
 
     @property
     def he_layer_names(self) -> list[str]:
@@ -203,11 +233,26 @@ class NodeConfig(BaseModel):
         return _parse(cls, raw, "node config")
 
     def dataset_for(self, run: RunConfig) -> str:
-        """The data set this node trains on; federated averaging needs the run's own (one input shape)."""
-        if self.dataset and self.dataset != run.dataset:
+        """The data set this node trains on: its node config's, else its turn in ``split-datasets``, else the run's.
+
+        Federated averaging needs the run's own (one input shape); U-shaped split learning lets data sets mix.
+        """
+        mixed = run.mode == "split" and run.split_variant == "u-shaped"
+        if self.dataset and self.dataset != run.dataset and not mixed:
             raise ConfigError(f"node config: key 'dataset' has value '{self.dataset}'; expected the run's dataset "
                               f"'{run.dataset}' (federated averaging needs one model shape) or no dataset key")
-        return run.dataset
+        if self.dataset:
+            return self.dataset
+        return run.mixed_datasets[self.partition_id % len(run.mixed_datasets)] if run.mixed_datasets else run.dataset
+
+    def within_dataset(self, run: RunConfig) -> NodeConfig:
+        """Simulated clients taking ``split-datasets`` in turn: this node's partition among those of its data set."""
+        if self.dataset or not run.mixed_datasets:
+            return self
+        turns = len(run.mixed_datasets)
+        position = self.partition_id % turns
+        count = len(range(position, self.num_partitions, turns))
+        return self.model_copy(update={"partition_id": self.partition_id // turns, "num_partitions": count})
 
 
 def _parse(model: type[BaseModel], raw: Mapping[str, Any], kind: str):

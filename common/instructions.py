@@ -118,6 +118,7 @@ SPLIT_EVALUATE = "split_evaluate"  # evaluate: the head's outputs of those split
 ACTIVATIONS, LABELS, GRADIENTS = "activations", "labels", "gradients"
 READOUTS, READOUT_GRADIENTS, OUTPUTS, WEIGHTS = "readouts", "readout-gradients", "outputs", "weights"
 SPLIT_VARIANT, SPLIT_CUT, MICRO_BATCHES, DONE = "split-variant", "split-cut", "micro-batches", "done"
+DATASET = "dataset"  # a client's reply at round end: the data set its pieces belong to
 SPLIT_VARIANTS, SPLIT_CUTS = ("plain", "u-shaped"), ("conv2", "conv3", "conv4")
 
 

@@ -10,8 +10,10 @@ A round, for every node at once (clients run in parallel within a round):
 3. the next ``train.split_step`` carries ``dL/da``: the client steps and replies with its next
    activations, until every client is done.
 At round end every client sends its pieces (``query.split_weights``) and the server averages them
-weighted by training-set size; the evaluator scores the validation split (and, in the last round,
-the test split): it sends activations, the head returns its outputs, the client computes metrics.
+weighted by training-set size, within each data set (``split-datasets``: U-shaped clients of
+different data sets share only the head). One evaluator per data set scores the validation split
+(and, in the last round, the test split): it sends activations, the head returns its outputs, the
+client computes metrics.
 
 A reply that is an error, or whose arrays have the wrong shape or are not finite, drops that node
 for the rest of the round with a reason naming it; the round goes on with the others.
@@ -32,7 +34,7 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.gpu_energy import GpuEnergyMeter, nvml_status
-from common.instructions import (ACTIVATIONS, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
+from common.instructions import (ACTIVATIONS, DATASET, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
                                  SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP, SPLIT_WEIGHTS, WEIGHTS,
                                  SplitInstructions)
 from common.model import build_model
@@ -68,8 +70,8 @@ class SplitRun:
         if self.head.device == "cuda":
             available, self.energy_note = nvml_status()
             self.meter = GpuEnergyMeter() if available else None
-        self.client_weights: OrderedDict[str, np.ndarray] | None = None
-        self.evaluator: int | None = None
+        self.group_weights: dict[str, OrderedDict[str, np.ndarray]] = {}  # data set -> its clients' average
+        self.node_dataset: dict[int, str] = {}  # as each node reported at round end
         log(logging.INFO, "Split learning: %s variant, cut after %s, activations of shape %s per example; "
             "server head on %s", cfg.split_variant, cfg.split_cut, shape, self.head.device)
 
@@ -93,10 +95,11 @@ class SplitRun:
         if self.meter is not None:
             split["head_millijoules"] = split.get("head_millijoules", 0.0) + self.meter.stop().millijoules
 
-    def _with_weights(self, content: RecordDict) -> RecordDict:
-        """The clients' averaged pieces go out with a round's first message (none before round 1)."""
-        if self.client_weights is not None:
-            content[WEIGHTS] = to_array_record(self.client_weights)
+    def _with_weights(self, content: RecordDict, node: int) -> RecordDict:
+        """The average of the node's data set goes out with a round's first message (none before round 1)."""
+        weights = self.group_weights.get(self.node_dataset.get(node, ""))
+        if weights is not None:
+            content[WEIGHTS] = to_array_record(weights)
         return content
 
     def _exchange(self, messages: list[Message], log_: RoundLog, up: str, down: str) -> Iterable[Message]:
@@ -124,7 +127,7 @@ class SplitRun:
         self._dropped: set[int] = set()
         t0 = time.time()
         active, losses, examples = set(nodes), [], 0
-        messages = [Message(content=self._with_weights(RecordDict({"config": self._orders(server_round)})),
+        messages = [Message(content=self._with_weights(RecordDict({"config": self._orders(server_round)}), n),
                             dst_node_id=n, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP}") for n in sorted(active)]
         while messages:
             replies = self._exchange(messages, log_, "train_up", "train_down")
@@ -213,59 +216,78 @@ class SplitRun:
         return grads
 
     def _average(self, server_round: int, nodes: list[int], log_: RoundLog) -> None:
-        """Sample-weighted average of the clients' pieces (extractor, and the final layer when U-shaped)."""
+        """Sample-weighted average of the clients' pieces (extractor, and the final layer when U-shaped),
+        within each data set: clients of different data sets (mixed U-shaped runs) share only the head."""
         messages = [Message(content=RecordDict({"config": self._orders(server_round)}), dst_node_id=n,
                             message_type=f"{MessageType.QUERY}.{SPLIT_WEIGHTS}") for n in nodes]
-        total, weights = 0.0, None
-        reference = self.client_weights
+        sums: dict[str, OrderedDict[str, np.ndarray]] = {}
+        totals: dict[str, float] = {}
         for reply in self._exchange(messages, log_, "train_up", "train_down"):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log_.dropped.append(f"node {node}: weights: {reply.error.reason}")
                 continue
+            dataset = str(reply.content["config"].get(DATASET, self.cfg.dataset)) if "config" in reply.content \
+                else self.cfg.dataset
             arrays = from_array_record(reply.content[WEIGHTS])
             n = float(reply.content["metrics"].get("num-examples", 0))
-            reference = reference or arrays
+            reference = sums.get(dataset) or self.group_weights.get(dataset) or arrays
             if sorted(arrays) != sorted(reference) or any(
                     arrays[k].shape != reference[k].shape or not np.all(np.isfinite(arrays[k])) for k in arrays):
-                log_.dropped.append(f"node {node}: weights of other names or shapes, or not finite")
+                log_.dropped.append(f"node {node}: {dataset} weights of other names or shapes, or not finite")
                 continue
-            weights = weights or OrderedDict((k, np.zeros_like(v, dtype=np.float64)) for k, v in arrays.items())
+            group = sums.setdefault(dataset, OrderedDict((k, np.zeros_like(v, dtype=np.float64))
+                                                          for k, v in arrays.items()))
             for k, v in arrays.items():
-                weights[k] += n * v
-            total += n
+                group[k] += n * v
+            totals[dataset] = totals.get(dataset, 0.0) + n
             log_.weights[str(node)] = n
-        if weights is not None and total > 0:
-            self.client_weights = OrderedDict((k, (v / total).astype(np.float32)) for k, v in weights.items())
-            log_.weights = {k: v / total for k, v in log_.weights.items()}
+            self.node_dataset[node] = dataset
+        for dataset, group in sums.items():
+            if totals[dataset] > 0:
+                self.group_weights[dataset] = OrderedDict((k, (v / totals[dataset]).astype(np.float32))
+                                                          for k, v in group.items())
+        for node in list(log_.weights):
+            log_.weights[node] /= totals[self.node_dataset[int(node)]] or 1.0  # weights within the node's data set
 
     def _evaluate(self, server_round: int, nodes: list[int], log_: RoundLog) -> None:
-        if self.evaluator not in nodes:
-            self.evaluator = nodes[0]
+        """Each data set's first node scores its splits; the run's data set fills validation and test."""
         splits = ("val", "test") if server_round == self.cfg.num_server_rounds else ("val",)
-        content = self._with_weights(RecordDict({"config": self._orders(server_round, splits)}))
-        ask = Message(content=content, dst_node_id=self.evaluator,
-                      message_type=f"{MessageType.QUERY}.{SPLIT_ACTIVATIONS}")
+        evaluators: dict[str, int] = {}
+        for node in nodes:
+            evaluators.setdefault(self.node_dataset.get(node, self.cfg.dataset), node)
+        per_dataset = {}
+        for dataset, node in sorted(evaluators.items()):
+            metrics = self._evaluate_on(server_round, node, splits, log_)
+            if metrics is None:
+                continue
+            per_dataset[dataset] = metrics
+        if len(per_dataset) > 1:
+            log_.train["split"]["datasets"] = per_dataset
+        main = per_dataset.get(self.cfg.dataset) or next(iter(per_dataset.values()), {})
+        log_.validation = {k.removeprefix("val-"): v for k, v in main.items() if k.startswith("val-")}
+        if any(k.startswith("test-") for k in main):
+            log_.test = {k.removeprefix("test-"): v for k, v in main.items() if k.startswith("test-")}
+
+    def _evaluate_on(self, server_round: int, node: int, splits: tuple[str, ...], log_: RoundLog) -> dict | None:
+        content = self._with_weights(RecordDict({"config": self._orders(server_round, splits)}), node)
+        ask = Message(content=content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{SPLIT_ACTIVATIONS}")
         reply = next(iter(self._exchange([ask], log_, "eval_up", "eval_down")), None)
         if reply is None or reply.has_error():
-            log_.dropped.append(f"evaluator {self.evaluator}: {reply.error.reason if reply else 'no reply'}")
-            self.evaluator = None
-            return
+            log_.dropped.append(f"evaluator {node}: {reply.error.reason if reply else 'no reply'}")
+            return None
         activations = from_array_record(reply.content[ACTIVATIONS])
         started = time.perf_counter()
-        outputs = {split: self.head.predict(activations[split], self.evaluator) for split in splits
+        outputs = {split: self.head.predict(activations[split], node) for split in splits
                    if split in activations and len(activations[split])}
         scored = sum(len(v) for v in outputs.values())
         if scored:
             log_.train["split"]["head_inference_ms_per_sample"] = 1000 * (time.perf_counter() - started) / scored
         score = Message(content=RecordDict({"config": self._orders(server_round, splits),
                                             OUTPUTS: to_array_record(outputs)}),
-                        dst_node_id=self.evaluator, message_type=f"{MessageType.EVALUATE}.{SPLIT_EVALUATE}")
+                        dst_node_id=node, message_type=f"{MessageType.EVALUATE}.{SPLIT_EVALUATE}")
         reply = next(iter(self._exchange([score], log_, "eval_up", "eval_down")), None)
         if reply is None or reply.has_error():
-            log_.dropped.append(f"evaluator {self.evaluator}: {reply.error.reason if reply else 'no reply'}")
-            return
-        metrics = dict(reply.content.get("metrics", MetricRecord()))
-        log_.validation = {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")}
-        if any(k.startswith("test-") for k in metrics):
-            log_.test = {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}
+            log_.dropped.append(f"evaluator {node}: {reply.error.reason if reply else 'no reply'}")
+            return None
+        return dict(reply.content.get("metrics", MetricRecord()))

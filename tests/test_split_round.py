@@ -92,3 +92,21 @@ def test_bad_replies_drop_their_node_and_the_round_goes_on():
     assert result.train["examples"] == sizes[0] + sizes[3] and result.train["clients"] == 2
     assert set(result.weights) == {"1", "4"}  # the dropped nodes' pieces are not averaged
     assert np.isfinite(result.validation["macro-auc"])
+
+
+def test_mixed_data_sets_share_only_the_head():
+    cfg = _cfg(**{"split-variant": "u-shaped", "split-datasets": "ptbxl,wesad", "num-server-rounds": 1})
+    grid = InProcessGrid(cfg, 4)  # partitions 0, 2: PTB-XL; 1, 3: WESAD
+    run = SplitRun(cfg, grid)
+    result = run.train_round(1, grid.get_node_ids())
+    assert result.dropped == [] and run.node_dataset == {1: "ptbxl", 2: "wesad", 3: "ptbxl", 4: "wesad"}
+    ptbxl, wesad = run.group_weights["ptbxl"], run.group_weights["wesad"]
+    first_block = "extractor.blocks.conv1.0.weight"
+    assert ptbxl[first_block].shape[1] == 12 and wesad[first_block].shape[1] == 6  # each its own extractor
+    assert ptbxl["top.weight"].shape == (5, 4) and wesad["top.weight"].shape == (3, 4)  # each its own final layer
+    assert result.weights["1"] + result.weights["3"] == pytest.approx(1.0)  # averaged within a data set
+    datasets = result.train["split"]["datasets"]
+    assert set(datasets) == {"ptbxl", "wesad"} and result.test is not None
+    assert datasets["wesad"]["test-num-examples"] > 0 and np.isfinite(datasets["ptbxl"]["test-macro-auc"])
+    with pytest.raises(Exception, match="key 'split-datasets' has value 'ptbxl,wesad'; expected empty unless"):
+        _cfg(**{"split-datasets": "ptbxl,wesad"})
