@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from torch import nn
 
 from common.config import NodeConfig, RunConfig
+from common.distance_correlation import distance_correlation
 from common.instructions import (ACTIVATIONS, DATASET, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
                                  WEIGHTS, InstructionError, SplitInstructions)
 from common.model import build_model
@@ -153,19 +154,28 @@ def split_step(msg: Message, context: Context) -> Message:
         grads = _indexed(msg.content[GRADIENTS], GRADIENTS, len(cursor.pending))
         client.optimisers["extractor"].zero_grad()
         for batch, grad in zip(cursor.pending, grads):
-            activations = client.extractor(torch.as_tensor(data.x_train[batch]))  # recomputed: same weights
+            x = torch.as_tensor(data.x_train[batch])
+            activations = client.extractor(x)  # recomputed: same weights, so the same graph
             if grad.shape != tuple(activations.shape) or not np.all(np.isfinite(grad)):
                 raise InstructionError(f"activation gradient of shape {grad.shape}; expected finite values of "
                                        f"shape {tuple(activations.shape)}")
-            activations.backward(torch.as_tensor(grad) / len(grads))
+            # d/da of this is the server's dL/da; the noise the server saw passes straight through
+            objective = (activations * torch.as_tensor(grad)).sum()
+            if cfg.split_nopeek_weight > 0:  # NoPeek: make the activations say less about the input
+                objective = objective + cfg.split_nopeek_weight * distance_correlation(x, activations)
+            (objective / len(grads)).backward()
         client.optimisers["extractor"].step()
     batches = cursor.next_batches(len(data.y_train), cfg, node, orders.micro_batches)
     content = RecordDict({"metrics": MetricRecord({"num-examples": sum(map(len, batches))}),
                           "config": ConfigRecord({DONE: not batches})})
     if batches:
         with torch.no_grad():
-            content[ACTIVATIONS] = to_array_record({str(i): client.extractor(torch.as_tensor(data.x_train[b])).numpy()
-                                                    for i, b in enumerate(batches)})
+            sent = {str(i): client.extractor(torch.as_tensor(data.x_train[b])).numpy() for i, b in enumerate(batches)}
+        if cfg.split_activation_noise > 0:  # fresh OS entropy: the server must not be able to replay the noise
+            noise = np.random.default_rng()
+            sent = {k: (v + noise.normal(0.0, cfg.split_activation_noise, v.shape)).astype(np.float32)
+                    for k, v in sent.items()}
+        content[ACTIVATIONS] = to_array_record(sent)
         if orders.variant == "plain":  # the label-private variant keeps them here
             content[LABELS] = to_array_record({str(i): data.y_train[b] for i, b in enumerate(batches)})
     client.save()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client_app import split_steps
 from common.config import NodeConfig, RunConfig
 from common.instructions import ACTIVATIONS
+from common.model import build_model
+from common.split_model import split_model
 from data_prep.client_data import client_arrays
 from server_app.split_runner import SplitRun
 
@@ -110,3 +113,31 @@ def test_mixed_data_sets_share_only_the_head():
     assert datasets["wesad"]["test-num-examples"] > 0 and np.isfinite(datasets["ptbxl"]["test-macro-auc"])
     with pytest.raises(Exception, match="key 'split-datasets' has value 'ptbxl,wesad'; expected empty unless"):
         _cfg(**{"split-datasets": "ptbxl,wesad"})
+
+
+def test_activation_noise_is_what_the_server_sees_and_nopeek_changes_training():
+    cfg = _cfg(**{"split-activation-noise": 0.5, "num-server-rounds": 1})
+    seen = {}
+
+    def capture(message: Message, reply: Message) -> Message:
+        node = message.metadata.dst_node_id
+        if node == 1 and "first" not in seen and ACTIVATIONS in reply.content:
+            batch = list(grid.contexts[1].state["split-cursor"]["pending-0"])
+            seen["first"] = (batch, reply.content[ACTIVATIONS]["0"].numpy())
+        return reply
+
+    grid = InProcessGrid(cfg, 2, capture)
+    SplitRun(cfg, grid).train_round(1, grid.get_node_ids())
+    batch, sent = seen["first"]
+    x = client_arrays(cfg, NodeConfig(partition_id=0, num_partitions=2)).x_train[batch]
+    clean = split_model(build_model(cfg)).extractor(torch.as_tensor(x)).detach().numpy()  # round 1: initial weights
+    assert np.std(sent - clean) == pytest.approx(0.5, rel=0.05)
+
+    weights = {}
+    for weight in (0.0, 1.0):
+        cfg = _cfg(**{"split-nopeek-weight": weight, "num-server-rounds": 1})
+        grid = InProcessGrid(cfg, 2)
+        run = SplitRun(cfg, grid)
+        run.train_round(1, grid.get_node_ids())
+        weights[weight] = run.group_weights[cfg.dataset]["extractor.blocks.conv1.0.weight"]
+    assert not np.allclose(weights[0.0], weights[1.0], atol=1e-4)  # the dCor term reached the extractor
