@@ -34,6 +34,6 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     a, b = _centred_distances(x), _centred_distances(y)
     dcov2 = (a * b).mean()
     denominator = torch.sqrt((a * a).mean() * (b * b).mean())
-    if float(denominator) <= 0:
+    if float(denominator.detach()) <= 0:
         return torch.zeros((), dtype=torch.float64)
     return torch.sqrt(torch.clamp(dcov2 / denominator, min=0.0))
