@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import numpy as np
 import pytest
 import torch
@@ -141,3 +142,21 @@ def test_activation_noise_is_what_the_server_sees_and_nopeek_changes_training():
         run.train_round(1, grid.get_node_ids())
         weights[weight] = run.group_weights[cfg.dataset]["extractor.blocks.conv1.0.weight"]
     assert not np.allclose(weights[0.0], weights[1.0], atol=1e-4)  # the dCor term reached the extractor
+
+
+def test_a_split_without_records_is_reported_empty(tmp_path):
+    """Real PTB-XL copies may lack fold 10: the last round still reports validation, and an empty test."""
+    from data_prep.synth_ptbxl import write_synthetic_ptbxl
+
+    root = write_synthetic_ptbxl(tmp_path / "ptbxl", n_records=300, seed=3)
+    database = root / "ptbxl_database.csv"
+    with database.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    fold = rows[0].index("strat_fold")
+    with database.open("w", newline="") as handle:
+        csv.writer(handle).writerows([rows[0]] + [row for row in rows[1:] if row[fold] != "10"])
+    cfg = _cfg(**{"data-path": str(root), "num-server-rounds": 1})
+    grid = InProcessGrid(cfg, 2)
+    result = SplitRun(cfg, grid).train_round(1, grid.get_node_ids())
+    assert result.dropped == [] and result.validation["num-examples"] > 0
+    assert result.test["num-examples"] == 0
