@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError, RunConfig
-from common.distance_correlation import distance_correlation
+from common.distance_correlation import activation_rms, distance_correlation
 from common.model import build_model
 from common.split_model import CUT_POINTS, split_model
 from common.task import loss_function, probabilities, report_from_probabilities
@@ -49,13 +49,20 @@ REFERENCE = {"source": "Abuadbba et al., ASIA CCS 2020 (1D-CNN ECG split learnin
 TARGET_POOL = 4  # the attacker reconstructs the signal averaged over 4 samples
 
 
-def _seen(extractor: nn.Module, x: torch.Tensor, sigma: float, rng: torch.Generator) -> torch.Tensor:
-    a = extractor(x)
-    return a + sigma * torch.randn(a.shape, generator=rng) if sigma > 0 else a
+def with_noise(a: torch.Tensor, sigma: float, relative: bool, rng: torch.Generator) -> torch.Tensor:
+    """``a + s * N(0, 1)``: ``s = sigma`` (absolute), or ``sigma`` times each example's activation RMS (relative)."""
+    if sigma <= 0:
+        return a
+    scale = sigma * activation_rms(a) if relative else sigma
+    return a + scale * torch.randn(a.shape, generator=rng)
 
 
-def train_split(cfg: RunConfig, cut: str, x: np.ndarray, y: np.ndarray, epochs: int, sigma: float, nopeek: float,
-                seed: int):
+def _seen(extractor: nn.Module, x: torch.Tensor, sigma: float, relative: bool, rng: torch.Generator) -> torch.Tensor:
+    return with_noise(extractor(x), sigma, relative, rng)
+
+
+def train_split(cfg: RunConfig, cut: str, x: np.ndarray, y: np.ndarray, epochs: int, sigma: float, relative: bool,
+                nopeek: float, seed: int):
     """The split model trained with the defence; returns (extractor, head) with the model's weights."""
     parts = split_model(build_model(cfg), cut, "plain")
     params = list(parts.extractor.parameters()) + list(parts.head.parameters())
@@ -71,7 +78,7 @@ def train_split(cfg: RunConfig, cut: str, x: np.ndarray, y: np.ndarray, epochs: 
                 continue
             xb = torch.as_tensor(x[idx])
             a = parts.extractor(xb)
-            seen = a + sigma * torch.randn(a.shape, generator=noise) if sigma > 0 else a
+            seen = with_noise(a, sigma, relative, noise)
             loss = loss_fn(parts.head(seen), torch.as_tensor(y[idx]))
             if nopeek > 0:
                 loss = loss + nopeek * distance_correlation(xb, a)
@@ -87,12 +94,12 @@ def _pooled(x: np.ndarray) -> np.ndarray:
 
 
 def attack(extractor: nn.Module, x_aux: np.ndarray, x_victim: np.ndarray, sigma: float, epochs: int,
-           seed: int) -> dict:
+           seed: int, relative: bool = False) -> dict:
     """Inversion MLP from the server's view to the (pooled) signal; scores on the victims."""
     noise = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        view_aux = _seen(extractor, torch.as_tensor(x_aux), sigma, noise).reshape(len(x_aux), -1)
-        view_victim = _seen(extractor, torch.as_tensor(x_victim), sigma, noise).reshape(len(x_victim), -1)
+        view_aux = _seen(extractor, torch.as_tensor(x_aux), sigma, relative, noise).reshape(len(x_aux), -1)
+        view_victim = _seen(extractor, torch.as_tensor(x_victim), sigma, relative, noise).reshape(len(x_victim), -1)
     target_aux, target_victim = _pooled(x_aux), _pooled(x_victim)
     shape = target_aux.shape[1:]
     torch.manual_seed(seed)
@@ -131,13 +138,14 @@ def run(cfg: RunConfig, cuts: list[str], settings: list[tuple[str, float]], epoc
     for cut in cuts:
         for defence, strength in settings:
             started = time.time()
-            sigma = strength if defence == "noise" else 0.0
+            sigma = strength if defence in ("noise", "relative-noise") else 0.0
+            relative = defence == "relative-noise"
             nopeek = strength if defence == "nopeek" else 0.0
-            extractor, head = train_split(cfg, cut, x_train, y_train, epochs, sigma, nopeek, seed)
+            extractor, head = train_split(cfg, cut, x_train, y_train, epochs, sigma, relative, nopeek, seed)
             with torch.no_grad():
                 logits = head(extractor(torch.as_tensor(x_scored))).numpy()
             report = report_from_probabilities(probabilities(logits, spec.task), y_scored, spec.task)
-            leak = attack(extractor, x_aux, x_victim, sigma, attack_epochs, seed)
+            leak = attack(extractor, x_aux, x_victim, sigma, attack_epochs, seed, relative)
             row = {"cut": cut, "defence": defence, "strength": strength,
                    "macro_auc": round(float(report["macro_auc"]), 4),
                    "dcor": round(leak["dcor"], 4), "nmse": round(leak["nmse"], 4),
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-records", type=int, default=1000)
     parser.add_argument("--cuts", default=",".join(CUT_POINTS))
     parser.add_argument("--noise", type=float, default=0.5, help="the activation noise's standard deviation")
+    parser.add_argument("--defences", default="none,noise,relative-noise,nopeek",
+                        help="any of none, noise (absolute), relative-noise (times the activation RMS), nopeek")
     parser.add_argument("--nopeek", type=float, default=0.5, help="NoPeek's weight")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--attack-epochs", type=int, default=40)
@@ -172,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cuts {args.cuts!r}: expected a comma-separated list from {', '.join(CUT_POINTS)}")
     try:
         cfg = RunConfig.from_flower({"data-path": args.data_path, "synthetic-records": args.synthetic_records})
-        settings = [("none", 0.0), ("noise", args.noise), ("nopeek", args.nopeek)]
+        strengths = {"none": 0.0, "noise": args.noise, "relative-noise": args.noise, "nopeek": args.nopeek}
+        chosen = [d.strip() for d in args.defences.split(",") if d.strip()]
+        if not chosen or any(d not in strengths for d in chosen):
+            parser.error(f"--defences {args.defences!r}: expected a comma-separated list from {', '.join(strengths)}")
+        settings = [(d, strengths[d]) for d in chosen]
         result = run(cfg, cuts, settings, args.epochs, args.attack_epochs)
     except (ConfigError, DataFormatError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from torch import nn
 
 from common.config import NodeConfig, RunConfig
-from common.distance_correlation import distance_correlation
+from common.distance_correlation import activation_rms, distance_correlation
 from common.instructions import (ACTIVATIONS, DATASET, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
                                  WEIGHTS, InstructionError, SplitInstructions)
 from common.model import build_model
@@ -173,8 +173,9 @@ def split_step(msg: Message, context: Context) -> Message:
             sent = {str(i): client.extractor(torch.as_tensor(data.x_train[b])).numpy() for i, b in enumerate(batches)}
         if cfg.split_activation_noise > 0:  # fresh OS entropy: the server must not be able to replay the noise
             noise = np.random.default_rng()
-            sent = {k: (v + noise.normal(0.0, cfg.split_activation_noise, v.shape)).astype(np.float32)
-                    for k, v in sent.items()}
+            # relative to each example's RMS: against a fixed scale the extractor learns to scale its output up
+            sent = {k: (v + noise.normal(0.0, 1.0, v.shape) * cfg.split_activation_noise
+                        * activation_rms(torch.as_tensor(v)).numpy()).astype(np.float32) for k, v in sent.items()}
         content[ACTIVATIONS] = to_array_record(sent)
         if orders.variant == "plain":  # the label-private variant keeps them here
             content[LABELS] = to_array_record({str(i): data.y_train[b] for i, b in enumerate(batches)})

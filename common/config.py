@@ -103,7 +103,7 @@ class RunConfig(BaseModel):
     split_cut: Literal["conv2", "conv3", "conv4"] = "conv4"
     split_micro_batches: int = Field(1, ge=1, le=1024)  # per message: the head steps on each, the client once
     split_datasets: str = ""  # U-shaped: data sets simulated clients take in turn (a node config dataset overrides)
-    split_activation_noise: float = Field(0.0, ge=0.0, le=100.0)  # std of Gaussian noise on sent activations
+    split_activation_noise: float = Field(0.0, ge=0.0, le=100.0)  # noise std on sent activations, x their RMS
     split_nopeek_weight: float = Field(0.0, ge=0.0, le=100.0)  # weight of dCor(input, activations) in the loss
 
     @field_validator("dataset")

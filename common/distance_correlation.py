@@ -37,3 +37,10 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if float(denominator.detach()) <= 0:
         return torch.zeros((), dtype=torch.float64)
     return torch.sqrt(torch.clamp(dcov2 / denominator, min=0.0))
+
+
+def activation_rms(a: torch.Tensor) -> torch.Tensor:
+    """Each example's root-mean-square activation, shaped to broadcast over its values (noise scales)."""
+    flat = a.reshape(a.shape[0], -1)
+    rms = flat.pow(2).mean(dim=1).sqrt()
+    return rms.reshape(-1, *([1] * (a.dim() - 1))).detach()

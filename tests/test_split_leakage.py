@@ -40,7 +40,8 @@ def test_benchmark_writes_one_json_object(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result == json.loads((tmp_path / "split_leakage.json").read_text())
     rows = result["results"]
-    assert [(r["cut"], r["defence"]) for r in rows] == [("conv4", "none"), ("conv4", "noise"), ("conv4", "nopeek")]
+    assert [(r["cut"], r["defence"]) for r in rows] == [("conv4", d) for d in ("none", "noise", "relative-noise",
+                                                                            "nopeek")]
     for row in rows:
         assert 0.0 <= row["dcor"] <= 1.0 and 0.0 <= row["macro_auc"] <= 1.0 and len(row["pearson_per_lead"]) == 12
     assert result["records"]["victims"] > 0 and result["records"]["attacker_auxiliary"] > 0
