@@ -7,7 +7,7 @@ RUN_CONFIG ?=
 SUPERNODES ?= 10
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean-flwr
+.PHONY: install run test bench compare-quick clean-flwr
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: install
 bench: install
 	$(BIN)/python -m benchmarks.quantum_head --json
 	$(BIN)/python -m benchmarks.he_aggregation --json
+
+compare-quick: install
+	$(BIN)/python -m benchmarks.compare --quick --out results/compare-quick
 
 clean-flwr:
 	rm -rf .flwr_home

@@ -16,7 +16,6 @@ each encrypted layer, which only a key holder can compute.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,17 +23,15 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.split_steps import split_activations, split_evaluate, split_readouts, split_step, split_weights
-from common.ckks import PackedDecryptor, PackedEncryptor
+from client_app.layer_encryption import encrypted_layers_record, load_encrypted_layers
 from common.config import NodeConfig, RunConfig
 from common.instructions import (SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP, SPLIT_WEIGHTS,
                                  EvaluateInstructions, TrainInstructions)
-from common.keys import ensure_simulation_keys, load_client_context
-from common.layer_change import rms_change
-from common.model import ECGNet, build_model, flatten_layers, layer_vectors, load_arrays, state_by_layer, \
-    unflatten_like
+from common.model import ECGNet, build_model, load_arrays, state_by_layer
 from common.privacy import LaplaceAccuracyRelease
-from common.task import count_correct, evaluate, train_local
-from common.wire import from_array_record, he_record, layer_order, read_he_record, to_array_record
+from common.task import evaluate, predict, train_local
+from common.validation_scores import ValidationScore
+from common.wire import from_array_record, to_array_record
 from data_prep.client_data import client_arrays, split_arrays
 from data_prep.registry import dataset_spec
 
@@ -46,7 +43,6 @@ app.query(SPLIT_WEIGHTS)(split_weights)
 app.query(SPLIT_ACTIVATIONS)(split_activations)
 app.evaluate(SPLIT_EVALUATE)(split_evaluate)
 
-_CONTEXTS: dict[str, object] = {}
 GLOBAL_STATE_KEY = "global-model"
 
 
@@ -54,45 +50,16 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _secret_context(node: NodeConfig, sim_key_dir: str):
-    """The CKKS secret context: node config key-path on devices, the run folder's keys in simulation.
-
-    The server names a simulation key folder only when it has no deployed ``he-server-context``,
-    so a device without ``key-path`` fails here instead of inventing a key of its own.
-    """
-    if node.key_path:
-        path = Path(node.key_path)
-    else:
-        if not sim_key_dir:
-            raise ValueError("node config: key 'key-path' is not set; expected the path of the CKKS client key "
-                             "(client.ctx from `python -m common.keys generate`)")
-        path = ensure_simulation_keys(Path(sim_key_dir)) / "client.ctx"
-    key = str(path)
-    if key not in _CONTEXTS:
-        _CONTEXTS[key] = load_client_context(path)
-    return _CONTEXTS[key]
-
-
 def _restore_global(model: ECGNet, msg: Message, context: Context, node: NodeConfig, sim_key_dir: str
-                    ) -> tuple[dict[str, float], list[str]]:
+                    ) -> dict[str, float]:
     """Bring ``model`` to the current global model; return RMS change per decrypted layer."""
     kept = context.state.get(GLOBAL_STATE_KEY)
     if isinstance(kept, ArrayRecord):
         load_arrays(model, from_array_record(kept))
-    before = state_by_layer(model)
     load_arrays(model, from_array_record(msg.content["arrays"]))
-    changes: dict[str, float] = {}
-    he = read_he_record(msg.content.get("he"))
-    if he is not None:
-        chunks, length, layers = he
-        ctx = _secret_context(node, sim_key_dir)
-        flat = PackedDecryptor(ctx).decrypt(chunks, length)
-        decrypted = unflatten_like(flat, state_by_layer(model, set(layers)))  # packed in model order
-        load_arrays(model, decrypted)
-        now, then = layer_vectors(decrypted, layers), layer_vectors(before, layers)
-        changes = {layer: rms_change(now[layer], then[layer]) for layer in layers}
+    changes = load_encrypted_layers(model, msg.content.get("he"), node, sim_key_dir)
     context.state[GLOBAL_STATE_KEY] = to_array_record(state_by_layer(model))
-    return changes, (he[2] if he is not None else [])
+    return changes
 
 
 @app.train()
@@ -114,19 +81,18 @@ def train(msg: Message, context: Context) -> Message:
     metrics = {"num-examples": result["num_examples"], "train-loss": result["train_loss"],
                "train-seconds": time.time() - t0}
     if orders.dp_accuracy_epsilon > 0:
-        correct = count_correct(model, data.x_val, data.y_val, task, device=_device())
+        probs = predict(model, data.x_val, task, device=_device())
+        total = ValidationScore(orders.dp_score, task, orders.dp_loss_clip).total(probs, data.y_val)
         # fresh OS entropy: DP noise must not be predictable from the run seed
-        metrics["dp-accuracy"] = LaplaceAccuracyRelease(orders.dp_accuracy_epsilon).release(
-            correct, len(data.y_val), np.random.default_rng())
+        metrics["dp-accuracy"] = LaplaceAccuracyRelease(orders.dp_accuracy_epsilon).release_total(
+            total, len(data.y_val), np.random.default_rng())
 
     send_plain = {name for name in model.layer_names() if name not in frozen and name not in packing}
     content = RecordDict({"arrays": to_array_record(state_by_layer(model, send_plain)),
                           "metrics": MetricRecord(metrics)})
     if packing:
-        ctx = _secret_context(node, orders.sim_key_dir)
-        flat = flatten_layers(state_by_layer(model, set(packing)))
-        content["he"] = he_record(PackedEncryptor(ctx).encrypt(flat), flat.size,
-                                  layer_order(model.layer_names(), set(packing)))
+        content["he"] = encrypted_layers_record(state_by_layer(model, set(packing)), packing, node,
+                                                orders.sim_key_dir)
     return Message(content=content, reply_to=msg)
 
 
@@ -136,7 +102,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_flower(context.node_config)
     orders = EvaluateInstructions.from_config(msg.content["config"])
     model = build_model(cfg)
-    changes, _ = _restore_global(model, msg, context, node, orders.sim_key_dir)
+    changes = _restore_global(model, msg, context, node, orders.sim_key_dir)
     metrics: dict[str, float] = {f"delta-rms-{layer}": value for layer, value in changes.items()}
     task = dataset_spec(node.dataset_for(cfg)).task
     for split in orders.splits:

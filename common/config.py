@@ -83,14 +83,19 @@ class RunConfig(BaseModel):
     # federation
     num_server_rounds: int = Field(20, ge=1, le=100_000)
     strategy: Literal["fedavg", "adeptheq", "fhe-fedqnn"] = "adeptheq"
+    weighting: Literal["", "samples", "uniform", "dp-softmax"] = ""  # empty: the strategy's own (ablations)
     min_clients: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, gt=0.0)
     results_dir: str = ""
+    selection_metric: Literal["macro-auc", "accuracy", "macro-f1", "balanced-accuracy", "hamming-accuracy",
+                              "loss"] = "macro-auc"  # the final model: the round best on validation by this
     # AdeptHEQ: DP accuracy weighting
     dp_epsilon: float = Field(1.0, gt=0.0, le=100.0)
     dp_delta: float = Field(1e-5, gt=0.0, lt=1.0)
     softmax_tau: float = Field(0.5, gt=0.0, le=1e6)
     weight_by_samples: bool = False
+    dp_score: Literal["exact-match", "hamming", "clipped-loss"] = "exact-match"  # the released validation score
+    dp_loss_clip: float = Field(1.0, gt=0.0, le=100.0)  # clipped-loss: per-record loss clipped at this
     # AdeptHEQ: homomorphic encryption (TenSEAL CKKS)
     he_layers: str = "fc"
     he_server_context: str = ""  # a path on the server machine: checked by the ServerApp only
@@ -102,7 +107,9 @@ class RunConfig(BaseModel):
     split_variant: Literal["plain", "u-shaped"] = "plain"
     split_cut: Literal["conv2", "conv3", "conv4"] = "conv4"
     split_micro_batches: int = Field(1, ge=1, le=1024)  # per message: the head steps on each, the client once
+    split_server_head: Literal["shared", "per-client"] = "shared"  # per-client: copies averaged at round end
     split_datasets: str = ""  # U-shaped: data sets simulated clients take in turn (a node config dataset overrides)
+    split_data_paths: str = ""  # with split-datasets: "wesad=/data/WESAD,..." folders of the other data sets
     split_activation_noise: float = Field(0.0, ge=0.0, le=100.0)  # noise std on sent activations, x their RMS
     split_nopeek_weight: float = Field(0.0, ge=0.0, le=100.0)  # weight of dCor(input, activations) in the loss
 
@@ -146,6 +153,31 @@ class RunConfig(BaseModel):
                              "and at conv4 every extractor sends the same 64 numbers per example)")
         return value
 
+    @field_validator("split_data_paths")
+    @classmethod
+    def _mixed_data_folders(cls, value: str, info: ValidationInfo) -> str:
+        mixed = [v.strip() for v in info.data.get("split_datasets", "").split(",") if v.strip()]
+        for pair in (v.strip() for v in value.split(",") if v.strip()):
+            name, _, path = (part.strip() for part in pair.partition("="))
+            if name not in mixed or not path:
+                raise ValueError(f"comma-separated 'dataset=folder' pairs naming data sets of split-datasets "
+                                 f"({', '.join(mixed) or 'empty'}); got {pair!r}")
+            if name == info.data.get("dataset"):
+                raise ValueError(f"no pair for the run's own dataset '{name}' (its folder is data-path); got {pair!r}")
+            rates = DATASETS[name].sampling_rates
+            check_data_folder(name, path, rates[0] if rates else 0)
+        return value
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _metric_of_the_task(cls, value: str, info: ValidationInfo) -> str:
+        task = DATASETS[info.data["dataset"]].task if info.data.get("dataset") in DATASETS else ""
+        missing = {"multilabel": "balanced-accuracy", "multiclass": "hamming-accuracy"}.get(task)
+        if value == missing:
+            raise ValueError(f"a validation metric the {task} task reports: macro-auc, accuracy, macro-f1, loss or "
+                             f"{'hamming-accuracy' if task == 'multilabel' else 'balanced-accuracy'}")
+        return value
+
     @field_validator("results_dir")
     @classmethod
     def _absolute_results_dir(cls, value: str) -> str:
@@ -158,7 +190,7 @@ class RunConfig(BaseModel):
     def _layer_list(cls, value: str) -> str:
         names = [v.strip() for v in value.split(",") if v.strip()]
         if not names:
-            raise ValueError("a comma-separated list of layer names (e.g. 'fc' or 'proj,fc') or 'all'")
+            raise ValueError("a comma-separated list of layer names (e.g. 'fc' or 'proj,fc'), 'all' or 'none'")
         return ",".join(names)
 
     @property
@@ -174,12 +206,15 @@ class RunConfig(BaseModel):
         return tuple(v.strip() for v in self.split_datasets.split(",") if v.strip())
 
     def for_dataset(self, dataset: str) -> RunConfig:
-        """This run as a client of ``dataset`` sees it: that data set's default rate, windows, subjects and
-        built-in set (a node config ``data-path`` still names a real folder)."""
+        """This run as a client of ``dataset`` sees it: that data set's default rate, windows, subjects and its
+        folder in ``split-data-paths`` or else its built-in set (a node config ``data-path`` still names one)."""
         if dataset == self.dataset:
             return self
         rates = DATASETS[dataset].sampling_rates
-        return self.model_copy(update={"dataset": dataset, "sampling_rate": rates[0] if rates else 0, "data_path": "",
+        paths = dict(tuple(p.strip() for p in pair.partition("=")[::2])
+                     for pair in self.split_data_paths.split(",") if pair.strip())
+        return self.model_copy(update={"dataset": dataset, "sampling_rate": rates[0] if rates else 0,
+                                       "data_path": paths.get(dataset, ""),
                                        "val_subjects": "", "test_subjects": "", "window_seconds": 0.0,
                                        "window_step_seconds": 0.0})
 

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord
 
+from common.validation_scores import SCORES
+
 SERVER_ROUND = "server-round"
 FROZEN_LAYERS = "frozen-layers"  # layers the client keeps from its node state and does not train or send
 ENCRYPTED_LAYERS = "encrypted-layers"  # layers packed into CKKS vectors, in this order
 DP_ACCURACY_EPSILON = "dp-accuracy-epsilon"  # > 0: release the Laplace-noised validation accuracy at this epsilon
+DP_SCORE, DP_LOSS_CLIP = "dp-score", "dp-loss-clip"  # which per-record score that accuracy is (validation_scores)
 EVALUATE_SPLITS = "evaluate-splits"  # splits the evaluator scores, e.g. ["val", "test"]
 SIM_KEY_DIR = "sim-key-dir"  # simulation only: the run folder's key directory
 EMPTY = ""  # a ConfigRecord list may not be empty: [""] stands for no names
@@ -63,11 +66,14 @@ class TrainInstructions:
     encrypted_layers: tuple[str, ...] = ()  # packing order (model order)
     dp_accuracy_epsilon: float = 0.0  # 0: no accuracy release
     sim_key_dir: str = ""
+    dp_score: str = "exact-match"  # the released validation quality (common.validation_scores)
+    dp_loss_clip: float = 1.0
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord({SERVER_ROUND: self.server_round, FROZEN_LAYERS: list(self.frozen_layers) or [EMPTY],
                              ENCRYPTED_LAYERS: list(self.encrypted_layers) or [EMPTY],
-                             DP_ACCURACY_EPSILON: float(self.dp_accuracy_epsilon), SIM_KEY_DIR: self.sim_key_dir})
+                             DP_ACCURACY_EPSILON: float(self.dp_accuracy_epsilon), SIM_KEY_DIR: self.sim_key_dir,
+                             DP_SCORE: self.dp_score, DP_LOSS_CLIP: float(self.dp_loss_clip)})
 
     @classmethod
     def from_config(cls, config: ConfigRecord, layers: Sequence[str]) -> TrainInstructions:
@@ -82,7 +88,13 @@ class TrainInstructions:
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
             raise InstructionError(f"message config: key '{DP_ACCURACY_EPSILON}' has value {epsilon!r}; expected "
                                    "a number >= 0 (0: no accuracy release)")
-        return cls(_round(config), frozen, packed, float(epsilon), _key_dir(config))
+        score, clip = config.get(DP_SCORE, "exact-match"), config.get(DP_LOSS_CLIP, 1.0)
+        if score not in SCORES:
+            raise InstructionError(f"message config: key '{DP_SCORE}' has value {score!r}; expected one of "
+                                   f"{list(SCORES)}")
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
+            raise InstructionError(f"message config: key '{DP_LOSS_CLIP}' has value {clip!r}; expected a number > 0")
+        return cls(_round(config), frozen, packed, float(epsilon), _key_dir(config), score, float(clip))
 
 
 @dataclass(frozen=True)
@@ -110,16 +122,17 @@ class EvaluateInstructions:
 # message actions: Flower routes "<category>.<action>" to the ClientApp function registered for it
 SPLIT_STEP = "split_step"  # train: apply the gradients carried (if any), reply with the next activations
 SPLIT_READOUTS = "split_readouts"  # query, U-shaped: the head's read-outs; reply with their gradients
-SPLIT_WEIGHTS = "split_weights"  # query: reply with the client's extractor (and final layer) at round end
+SPLIT_WEIGHTS = "split_weights"  # query: reply with the client's pieces at round end, as a federated train reply
 SPLIT_ACTIVATIONS = "split_activations"  # query: the evaluator's activations of the splits named
 SPLIT_EVALUATE = "split_evaluate"  # evaluate: the head's outputs of those splits; reply with metrics
 # records of a split message: one ArrayRecord each, arrays keyed by micro-batch index ("0", "1", ...)
 # or, for evaluation, by split name
 ACTIVATIONS, LABELS, GRADIENTS = "activations", "labels", "gradients"
-READOUTS, READOUT_GRADIENTS, OUTPUTS, WEIGHTS = "readouts", "readout-gradients", "outputs", "weights"
+READOUTS, READOUT_GRADIENTS, OUTPUTS = "readouts", "readout-gradients", "outputs"
 SPLIT_VARIANT, SPLIT_CUT, MICRO_BATCHES, DONE = "split-variant", "split-cut", "micro-batches", "done"
-DATASET = "dataset"  # a client's reply at round end: the data set its pieces belong to
+DATASET = "dataset"  # a client's split replies: the data set its pieces belong to
 SPLIT_VARIANTS, SPLIT_CUTS = ("plain", "u-shaped"), ("conv2", "conv3", "conv4")
+LOCAL_VAL = "local-val"  # a client's own validation share: what its DP accuracy is computed on
 
 
 @dataclass(frozen=True)
@@ -148,5 +161,5 @@ class SplitInstructions:
         if isinstance(micro, bool) or not isinstance(micro, int) or micro < 1:
             raise InstructionError(f"message config: key '{MICRO_BATCHES}' has value {micro!r}; expected an "
                                    "integer >= 1")
-        splits = _names(config, EVALUATE_SPLITS, SPLITS, "split names") or ("val",)
+        splits = _names(config, EVALUATE_SPLITS, (*SPLITS, LOCAL_VAL), "split names") or ("val",)
         return cls(_round(config), variant, cut, micro, splits)

@@ -90,15 +90,19 @@ class LaplaceAccuracyRelease:
             m: validation set size, ``m >= 1``.
             rng: source of the Laplace noise (one ``rng.laplace`` draw per call).
         """
-        b = self.scale(m)
         if isinstance(correct, bool) or not isinstance(correct, Integral):
             raise ValueError(f"correct must be an integer, got {correct!r}")
-        if not (0 <= correct <= m):
-            raise ValueError(f"correct must satisfy 0 <= correct <= m={m}, got {correct!r}")
+        return self.release_total(int(correct), m, rng)
+
+    def release_total(self, total: float, m: int, rng: np.random.Generator) -> float:
+        r""":meth:`release` for the sum of any per-record score in [0, 1] (``common.validation_scores``):
+        :math:`\mathrm{clip}(total/m + \mathrm{Lap}(0, b), 0, 1)`, the same sensitivity 1/m."""
+        b = self.scale(m)
+        if isinstance(total, bool) or not isinstance(total, Real) or not (0 <= total <= m):
+            raise ValueError(f"correct (the score total) must satisfy 0 <= correct <= m={m}, got {total!r}")
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        accuracy = int(correct) / int(m)
-        noisy = accuracy + float(rng.laplace(0.0, b))
+        noisy = float(total) / int(m) + float(rng.laplace(0.0, b))
         return min(1.0, max(0.0, noisy))
 
 

@@ -90,3 +90,11 @@ def split_model(model: ECGNet, cut: str = DEFAULT_CUT, variant: str = "plain") -
         raise ValueError(f"split learning needs the hybrid model (a quantum head on the server), got {model.head!r}")
     return SplitParts(ClientExtractor(model, cut), ServerHead(model, cut, variant),
                       model.fc if variant == "u-shaped" else None)
+
+
+def client_layers(model: ECGNet, cut: str = DEFAULT_CUT, variant: str = "plain") -> list[str]:
+    """The model's layers a client holds at ``cut`` (its blocks, and ``fc`` when U-shaped), in model order:
+    the layers the round-end averaging weights, encrypts and freezes."""
+    check_split(cut, variant)
+    held = set(CONV_BLOCKS[:CONV_BLOCKS.index(cut) + 1]) | ({"fc"} if variant == "u-shaped" else set())
+    return [layer for layer in model.layer_names() if layer in held]

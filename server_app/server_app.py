@@ -27,7 +27,8 @@ from common.results import RunRecorder, new_run_folder
 from data_prep.registry import dataset_spec
 from server_app.preflight import check_run, check_server_context
 from server_app.split_runner import SplitRun
-from strategies.layerwise import LayerwiseStrategy, RoundLog
+from strategies.layerwise import LayerwiseStrategy, RoundLog, StrategyOptions
+from strategies.model_selection import BestRoundSelector
 
 app = ServerApp()
 
@@ -54,18 +55,35 @@ def _progress(cfg: RunConfig, r: RoundLog) -> str:
 
 
 def save_final_model(folder: Path, strategy: LayerwiseStrategy) -> None:
-    """Plaintext layers as a torch state dict; encrypted layers stay ciphertexts the server cannot open."""
-    torch.save({k: torch.as_tensor(v) for k, v in strategy.global_plain.items()}, folder / "final_model_plain.pt")
-    if strategy.encrypted_state is not None:
+    """The chosen round's model: plaintext layers as a torch state dict; encrypted layers stay ciphertexts
+    the server cannot open."""
+    model = strategy.selected_model()
+    torch.save({k: torch.as_tensor(v) for k, v in model["plain"].items()}, folder / "final_model_plain.pt")
+    if model["encrypted"]:
         blob_dir = folder / "final_model_encrypted"
         blob_dir.mkdir(exist_ok=True)
-        for i, chunk in enumerate(strategy.encrypted_state):
+        for i, chunk in enumerate(model["encrypted"]):
             (blob_dir / f"chunk-{i:03d}.ckks").write_bytes(chunk)
         (blob_dir / "manifest.json").write_text(json.dumps({
-            "layers": strategy.encrypted_state_layers,
-            "length": strategy.packed_length(strategy.encrypted_state_layers),
+            "layers": model["encrypted_layers"],
+            "length": strategy.packed_length(model["encrypted_layers"]),
             "note": "CKKS vectors of the aggregated encrypted layers; decrypt with a client key (client.ctx)",
         }, indent=2))
+
+
+def record_selection(recorder: RunRecorder, selection: dict | None, label: str) -> None:
+    """``test`` becomes the chosen round's figures; the last round's stay as ``test_last_round``."""
+    last = recorder.payload.get("test")
+    recorder.set("test_last_round", last)
+    if selection is None:
+        return
+    recorder.set("selection", selection)
+    if selection.get("test") is not None:
+        recorder.set("test", selection["test"])
+    keys = ("num-examples", "loss", "accuracy", "macro-f1", "macro-auc")
+    log(logging.INFO, "Chosen round %d (validation %s %.4f); %s on it: %s; on the last round's model: %s",
+        selection["round"], selection["metric"], selection["validation"].get(selection["metric"], float("nan")),
+        label, {k: (selection.get("test") or {}).get(k) for k in keys}, {k: (last or {}).get(k) for k in keys})
 
 
 def head_cpu_latency_ms(head: torch.nn.Module, activation_shape: tuple[int, ...], batch: int = 64,
@@ -82,26 +100,52 @@ def head_cpu_latency_ms(head: torch.nn.Module, activation_shape: tuple[int, ...]
     return 1000 * best / batch
 
 
-def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model) -> None:
+def encryption(cfg: RunConfig, folder: Path, options: StrategyOptions) -> tuple[object, str]:
+    """The aggregator factory (public context only) and, in simulation, the key folder clients share."""
+    factory = None
+    if options.encrypted_layers:
+        server_ctx_path = Path(cfg.he_server_context) if cfg.he_server_context else folder / "keys" / "server.ctx"
+        factory = lambda: EncryptedWeightedSum(load_server_context(server_ctx_path))  # noqa: E731
+    return factory, "" if cfg.he_server_context else str(folder / "keys")
+
+
+def privacy_summary(accountant: PrivacyAccountant) -> dict:
+    return {"protected": "each client's validation accuracy (Laplace, sensitivity 1/m)",
+            "not_protected": "model updates (plaintext layers) are not differentially private",
+            **accountant.report()}
+
+
+def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model, options: StrategyOptions) -> None:
     """``mode = "split"``: client extractors, one shared server head (``server_app.split_runner``)."""
     folder = new_run_folder(cfg.results_dir, project_root(), f"split-{cfg.split_variant}")
     log(logging.INFO, "Run folder: %s | split learning, %d parameters in the whole model | %d nodes",
         folder, count_parameters(model), len(nodes))
     recorder = RunRecorder(folder, cfg.as_flat_dict(), extra={
         "num_nodes": len(nodes), "num_parameters": count_parameters(model), "mode": "split"})
-    run = SplitRun(cfg, grid)
+    run = SplitRun(cfg, grid, options, *encryption(cfg, folder, options))
+    averaging = run.strategy(cfg.dataset)
     recorder.set("split", {"variant": cfg.split_variant, "cut": cfg.split_cut, "head_device": run.head.device,
-                           "micro_batches": cfg.split_micro_batches,
-                           "extractor_averaging": "sample-weighted mean at round end"})
+                           "micro_batches": cfg.split_micro_batches, "client_layers": averaging.layers,
+                           "client_averaging": {"strategy": options.name, "weighting": options.weighting,
+                                                "encrypted_layers": sorted(averaging.opt.encrypted_layers),
+                                                "freezing": options.freezing}})
+    accountant = PrivacyAccountant(cfg.dp_epsilon, cfg.dp_delta) if options.weighting == "dp-softmax" else None
     t0 = time.time()
     history = []
     for server_round in range(1, cfg.num_server_rounds + 1):
         r = run.train_round(server_round, sorted(grid.get_node_ids()))
+        if accountant is not None:
+            accountant.step()
+            r.train["privacy"] = accountant.report()
         history.append(r)
         recorder.add_round(r)
         split = r.train["split"]
         log(logging.INFO, "%s | round trips %d | head %.1f s, waiting %.1f s", _progress(cfg, r),
             split["round_trips"], split["head_seconds"], split["wait_seconds"])
+    if accountant is not None:
+        recorder.set("privacy", privacy_summary(accountant))
+    label = dataset_spec(cfg.dataset).split_label("test")
+    record_selection(recorder, run.evaluate_selected(history[-1]), label)  # the head keeps the chosen round
     recorder.set("total_seconds", time.time() - t0)
     recorder.set("head_cpu_inference_ms_per_sample", head_cpu_latency_ms(run.head.head, run.head.activation_shape))
     recorder.set("bytes_total", {k: int(sum(r.bytes[k] for r in history))
@@ -110,7 +154,6 @@ def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model) -> None:
     recorder.plot()
     torch.save({k: torch.as_tensor(v) for k, v in run.head.head.state_dict().items()}, folder / "server_head.pt")
     test = recorder.payload.get("test") or {}
-    label = dataset_spec(cfg.dataset).split_label("test")
     log(logging.INFO, "%s: %s", label[:1].upper() + label[1:],
         {k: test.get(k) for k in ("num-examples", "loss", "accuracy", "macro-f1", "macro-auc")})
     log(logging.INFO, "Results written to %s", folder)
@@ -123,19 +166,16 @@ def main(grid: Grid, context: Context) -> None:
     layers = model.layer_names()
     nodes = list(grid.get_node_ids())
     options = check_run(cfg, len(nodes))  # repeated here: in a deployment no runner checked it first
-    if cfg.mode == "split":
-        run_split(cfg, grid, nodes, model)
-        return
     check_server_context(cfg, options)
+    if cfg.mode == "split":
+        run_split(cfg, grid, nodes, model, options)
+        return
     folder = new_run_folder(cfg.results_dir, project_root(), cfg.strategy)
     log(logging.INFO, "Run folder: %s | model %s with %d parameters | strategy %s | %d nodes",
         folder, cfg.model, count_parameters(model), cfg.strategy, len(nodes))
 
     initial = state_by_layer(model)
-    aggregator_factory = None
-    if options.encrypted_layers:
-        server_ctx_path = Path(cfg.he_server_context) if cfg.he_server_context else folder / "keys" / "server.ctx"
-        aggregator_factory = lambda: EncryptedWeightedSum(load_server_context(server_ctx_path))  # noqa: E731
+    aggregator_factory, sim_key_dir = encryption(cfg, folder, options)
 
     accountant = PrivacyAccountant(cfg.dp_epsilon, cfg.dp_delta) if options.weighting == "dp-softmax" else None
     recorder = RunRecorder(folder, cfg.as_flat_dict(), extra={
@@ -151,19 +191,16 @@ def main(grid: Grid, context: Context) -> None:
         log(logging.INFO, "%s", _progress(cfg, r))
 
     strategy = LayerwiseStrategy(options, layers, initial, QUANTUM_LAYERS & set(layers),
-                                 aggregator_factory=aggregator_factory,
-                                 sim_key_dir="" if cfg.he_server_context else str(folder / "keys"),
-                                 on_round=on_round)
+                                 aggregator_factory=aggregator_factory, sim_key_dir=sim_key_dir,
+                                 on_round=on_round, selector=BestRoundSelector(cfg.selection_metric))
     t0 = time.time()
     initial_plain = ArrayRecord()
     strategy.start(grid=grid, initial_arrays=initial_plain, num_rounds=cfg.num_server_rounds,
                    timeout=cfg.round_timeout)
     if accountant is not None:
-        recorder.set("privacy", {
-            "protected": "each client's validation accuracy (Laplace, sensitivity 1/m)",
-            "not_protected": "model updates (plaintext layers) are not differentially private",
-            **accountant.report(),
-        })
+        recorder.set("privacy", privacy_summary(accountant))
+    label = dataset_spec(cfg.dataset).split_label("test")
+    record_selection(recorder, strategy.evaluate_selected(grid, cfg.round_timeout), label)
     recorder.set("total_seconds", time.time() - t0)
     recorder.set("bytes_total", {k: int(sum(r.bytes[k] for r in strategy.history))
                                  for k in ("train_down", "train_up", "eval_down", "eval_up")})
@@ -171,7 +208,6 @@ def main(grid: Grid, context: Context) -> None:
     recorder.plot()
     save_final_model(folder, strategy)
     test = recorder.payload.get("test") or {}
-    label = dataset_spec(cfg.dataset).split_label("test")
     log(logging.INFO, "%s: %s", label[:1].upper() + label[1:],  # keeps ids such as S2 as written
         {k: test.get(k) for k in ("num-examples", "loss", "accuracy", "macro-f1", "macro-auc")})
     log(logging.INFO, "Results written to %s", folder)

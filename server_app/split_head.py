@@ -15,6 +15,8 @@ ServerApp), with the torch backend of the quantum layer.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -49,6 +51,7 @@ class SplitHeadTrainer:
         self.device = device or head_device()
         self.head = head.to(self.device).train()
         self.activation_shape = tuple(activation_shape)  # per example, as the client's cut gives it
+        self.task, self.optimiser_name, self.learning_rate = task, optimiser, learning_rate
         self.loss_fn = loss_function(task)
         self.optimiser = optimiser_for(self.head.parameters(), optimiser, learning_rate)
         self.optimiser.zero_grad()
@@ -57,6 +60,18 @@ class SplitHeadTrainer:
     def _activations(self, activations: np.ndarray, node: int) -> torch.Tensor:
         array = _checked(activations, (None, *self.activation_shape), "activations", node)
         return torch.as_tensor(array, dtype=torch.float32, device=self.device).requires_grad_(True)
+
+    def copy(self) -> SplitHeadTrainer:
+        """A copy of the head with a fresh optimiser (per-client heads, averaged at round end)."""
+        return SplitHeadTrainer(copy.deepcopy(self.head), self.activation_shape, self.task,
+                                optimiser=self.optimiser_name, learning_rate=self.learning_rate, device=self.device)
+
+    def load_average(self, copies: list[SplitHeadTrainer], weights: list[float]) -> None:
+        """Set the head to the ``weights``-weighted mean of the copies' parameters."""
+        total = float(sum(weights))
+        states = [c.head.state_dict() for c in copies]
+        self.head.load_state_dict({name: sum(w / total * state[name] for w, state in zip(weights, states))
+                                   for name in states[0]})
 
     def plain_step(self, activations: np.ndarray, labels: np.ndarray, node: int) -> tuple[np.ndarray, float]:
         """(dL/da, L) for one batch; the head's optimiser has stepped."""

@@ -31,6 +31,7 @@ from common.instructions import EvaluateInstructions, TrainInstructions
 from common.model import layer_of, layer_vectors
 from common.wire import he_record, layer_order, serialized_size, to_array_record
 from strategies.freezing import EMALayerFreezer
+from strategies.model_selection import BestRoundSelector
 from strategies.replies import ReplyRejected, RoundFailed, TrainReply, client_failure_reason, describe_failures, \
     parse_train_reply
 from strategies.weighting import tempered_softmax, weight_spread
@@ -52,6 +53,8 @@ class StrategyOptions:
     num_rounds: int = 1
     timeout_s: float = 3600.0
     dp_epsilon: float = 1.0  # dp-softmax: epsilon of each client's accuracy release per round
+    dp_score: str = "exact-match"  # dp-softmax: the released validation score (common.validation_scores)
+    dp_loss_clip: float = 1.0
 
 
 @dataclass
@@ -85,7 +88,8 @@ class LayerwiseStrategy(Strategy):
     def __init__(self, options: StrategyOptions, layers: list[str], initial: "OrderedDict[str, np.ndarray]",
                  quantum_layers: frozenset[str], aggregator_factory: Callable[[], object] | None = None,
                  freezer=None, sim_key_dir: str = "",
-                 on_round: Callable[[RoundLog], None] | None = None) -> None:
+                 on_round: Callable[[RoundLog], None] | None = None,
+                 selector: BestRoundSelector | None = None) -> None:
         self.opt = options
         self.layers = list(layers)
         self.shapes = {name: tuple(arr.shape) for name, arr in initial.items()}
@@ -98,7 +102,7 @@ class LayerwiseStrategy(Strategy):
         if freezer is None and options.freezing:
             freezer = EMALayerFreezer(alpha=options.freeze_ema_alpha, threshold=options.freeze_threshold,
                                       never_freeze=quantum_layers)
-            plain_layers = [l for l in self.layers if l not in options.encrypted_layers]
+            plain_layers = [layer for layer in self.layers if layer not in options.encrypted_layers]
             if plain_layers:  # reference for the server's own scores; encrypted layers are scored by a client
                 freezer.observe(layer_vectors(initial, plain_layers))
         self.freezer = freezer
@@ -106,6 +110,7 @@ class LayerwiseStrategy(Strategy):
         self.frozen_delivered: set[str] = set()
         self.sim_key_dir = sim_key_dir
         self.on_round = on_round
+        self.selector = selector  # model selection by a validation metric (None: the last round's model)
         self.history: list[RoundLog] = []
         self.evaluator: int | None = None
         self._last_valid_nodes: list[int] = []
@@ -121,7 +126,7 @@ class LayerwiseStrategy(Strategy):
     # ---------------------------------------------------------------- helpers
     def _sent_layers(self) -> list[str]:
         """Layers whose current global value goes out this round (frozen ones one last time)."""
-        return [l for l in self.layers if l not in self.frozen_delivered]
+        return [layer for layer in self.layers if layer not in self.frozen_delivered]
 
     def _plain_names(self, layers: Iterable[str]) -> list[str]:
         wanted = set(layers) - set(self.opt.encrypted_layers)
@@ -144,15 +149,21 @@ class LayerwiseStrategy(Strategy):
         """What every client does this round: frozen and packed layers, and the DP accuracy release."""
         release = self.opt.dp_epsilon if self.opt.weighting == "dp-softmax" else 0.0
         return TrainInstructions(server_round, tuple(sorted(self.frozen)), tuple(self.encrypted_packing()), release,
-                                 self.sim_key_dir)
+                                 self.sim_key_dir, self.opt.dp_score, self.opt.dp_loss_clip)
 
-    def _content(self, config: ConfigRecord) -> RecordDict:
+    def global_records(self) -> RecordDict:
+        """The global layers that go out now: plaintext ``arrays`` and the ``he`` sums of the encrypted ones."""
         sent = self._sent_layers()
         arrays = OrderedDict((n, self.global_plain[n]) for n in self._plain_names(sent))
-        content = RecordDict({"arrays": to_array_record(arrays), "config": config})
+        content = RecordDict({"arrays": to_array_record(arrays)})
         if self.encrypted_state is not None and self.encrypted_state_layers:
             content["he"] = he_record(self.encrypted_state, self.packed_length(self.encrypted_state_layers),
                                       self.encrypted_state_layers)
+        return content
+
+    def _content(self, config: ConfigRecord) -> RecordDict:
+        content = self.global_records()
+        content["config"] = config
         return content
 
     def _nodes(self, grid: Grid) -> list[int]:
@@ -192,13 +203,22 @@ class LayerwiseStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         current = self._current or RoundLog(round=server_round)
-        replies = list(replies)
+        metrics = self.aggregate_replies(server_round, list(replies), self._train_messages, current)
+        return to_array_record(self.global_plain), metrics
+
+    def aggregate_replies(self, server_round: int, replies: list[Message], sent: list[Message],
+                          current: RoundLog) -> MetricRecord:
+        """Check the replies to ``sent``, weight the valid ones and update the global layers.
+
+        The weights, drops and training figures go into ``current``; ``RoundFailed`` when fewer than
+        ``min-clients`` replies are usable. Split learning calls this for its round-end averaging.
+        """
         # an error the SuperLink writes for a dead node carries the SuperLink's id, not the node's
-        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._train_messages if m.metadata.message_id}
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
         failures = [(sent_to.get(m.metadata.reply_to_message_id, m.metadata.src_node_id),
                      client_failure_reason(m.error.reason)) for m in replies if m.has_error()]
         if len(replies) - len(failures) < self.opt.min_clients:  # before anything else can fail in their stead
-            raise RoundFailed(f"round {server_round}: {len(replies) - len(failures)} of {len(self._train_messages)} "
+            raise RoundFailed(f"round {server_round}: {len(replies) - len(failures)} of {len(sent)} "
                               f"clients replied without an error, min-clients is {self.opt.min_clients}; "
                               f"{describe_failures(failures) or 'no replies arrived'}")
         expected_names = self._plain_names(set(self.layers) - self.frozen)
@@ -246,8 +266,7 @@ class LayerwiseStrategy(Strategy):
                          "client_seconds_max": max(r.metrics.get("train-seconds", 0.0) for r in valid)}
         if self.opt.weighting == "dp-softmax":
             current.train["dp_accuracy_mean"] = float(np.mean([r.metrics["dp-accuracy"] for r in valid]))
-        metrics = MetricRecord({"train-loss": current.train["loss"], "num-examples": total})
-        return to_array_record(self.global_plain), metrics
+        return MetricRecord({"train-loss": current.train["loss"], "num-examples": total})
 
     # ---------------------------------------------------------------- evaluate
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -276,8 +295,11 @@ class LayerwiseStrategy(Strategy):
         current.validation = {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")}
         if any(k.startswith("test-") for k in metrics):
             current.test = {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}
+        if self.selector is not None and self.selector.observe(server_round, current.validation, self.snapshot):
+            log(INFO, "Round %d: best validation %s so far (%.4f)", server_round, self.selector.metric,
+                self.selector.best.score)
         if self.opt.freezing and self.freezer is not None:
-            self._update_freezing(current, metrics)
+            self.update_freezing(current, metrics)
         current.frozen_layers = sorted(self.frozen)
         current.seconds = time.time() - self._t0
         self.history.append(current)
@@ -286,9 +308,58 @@ class LayerwiseStrategy(Strategy):
         self._current = None
         return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}) or None
 
-    def _update_freezing(self, current: RoundLog, metrics: dict) -> None:
-        plain = layer_vectors(self.global_plain, [l for l in self.layers
-                                                  if l not in self.frozen and l not in self.opt.encrypted_layers])
+    # ---------------------------------------------------------------- model selection
+    def snapshot(self) -> dict:
+        """The global model as held now: every plaintext layer (frozen ones too) and the ciphertexts."""
+        return {"plain": OrderedDict((k, v.copy()) for k, v in self.global_plain.items()),
+                "encrypted": list(self.encrypted_state) if self.encrypted_state is not None else None,
+                "encrypted_layers": list(self.encrypted_state_layers)}
+
+    def snapshot_records(self, snapshot: dict) -> RecordDict:
+        """A snapshot as message records: all its plaintext layers and its ciphertexts (``he``)."""
+        content = RecordDict({"arrays": to_array_record(snapshot["plain"])})
+        if snapshot["encrypted"]:
+            content["he"] = he_record(snapshot["encrypted"], self.packed_length(snapshot["encrypted_layers"]),
+                                      snapshot["encrypted_layers"])
+        return content
+
+    def selected_model(self) -> dict:
+        """The chosen round's snapshot, or the current model when nothing was selected."""
+        best = self.selector.best if self.selector is not None else None
+        return best.state if best is not None else self.snapshot()
+
+    def evaluate_selected(self, grid: Grid, timeout: float) -> dict | None:
+        """The chosen round, its validation figures and its test figures, scored by a client.
+
+        The last round's test figures are reused when it is the chosen round; otherwise the evaluator
+        receives the chosen round's plaintext layers and ciphertexts (which it decrypts) and scores
+        the validation and test splits on them. None without a selector or a scored round.
+        """
+        best = self.selector.best if self.selector is not None else None
+        if best is None or not self.history:
+            return None
+        selection = {"metric": self.selector.metric, "round": best.round, "validation": best.validation}
+        last = self.history[-1]
+        if best.round == last.round and last.test is not None:
+            return {**selection, "test": last.test}
+        content = self.snapshot_records(best.state)
+        content["config"] = EvaluateInstructions(last.round, ("val", "test"), self.sim_key_dir).to_config()
+        evaluator = self.evaluator if self.evaluator is not None else (self._last_valid_nodes or [None])[0]
+        replies = list(grid.send_and_receive([Message(content=content, message_type=MessageType.EVALUATE,
+                                                      dst_node_id=evaluator)], timeout=timeout))
+        if not replies or replies[0].has_error():
+            reason = replies[0].error.reason if replies else "no reply"
+            log(WARNING, "Scoring the chosen round %d failed on node %s: %s", best.round, evaluator, reason)
+            return {**selection, "test": None, "error": client_failure_reason(reason)}
+        metrics = dict(replies[0].content.get("metrics", MetricRecord()))
+        return {**selection,
+                "validation": {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")},
+                "test": {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}}
+
+    def update_freezing(self, current: RoundLog, metrics: dict) -> None:
+        """Score the global plain layers and the evaluator's ``delta-rms-<layer>`` metrics; freeze the stale."""
+        plain = layer_vectors(self.global_plain, [
+            layer for layer in self.layers if layer not in self.frozen and layer not in self.opt.encrypted_layers])
         # encrypted layers: the evaluator decrypted them and reported their RMS change
         scores = {k.removeprefix("delta-rms-"): float(v) for k, v in metrics.items() if k.startswith("delta-rms-")}
         newly = (self.freezer.observe(plain) if plain else set()) | self.freezer.observe_scores(scores)

@@ -5,6 +5,9 @@
 | fedavg       | sample counts (Standard-FedQNN)        | none             | off      |
 | fhe-fedqnn   | uniform                                | all              | off      |
 | adeptheq     | tempered softmax of DP val. accuracies | ``he-layers``    | on       |
+
+One switch each turns a part off for ablations: ``weighting`` (another weighting), ``he-layers = "none"``
+(no encryption) and ``freeze-threshold = 0`` (no freezing).
 """
 
 from __future__ import annotations
@@ -15,19 +18,20 @@ from strategies.layerwise import StrategyOptions
 
 def encrypted_layers_for(cfg: RunConfig, layers: list[str]) -> frozenset[str]:
     """Layers the clients encrypt; the server derives it from the run config and tells the clients."""
-    if cfg.strategy == "fedavg":
+    if cfg.strategy == "fedavg" or cfg.he_layer_names == ["none"]:
         return frozenset()
     if cfg.strategy == "fhe-fedqnn" or cfg.he_layer_names == ["all"]:
         return frozenset(layers)
     unknown = sorted(set(cfg.he_layer_names) - set(layers))
     if unknown:
-        raise ConfigError(f"run config: key 'he-layers' has value {cfg.he_layers!r}; expected 'all' or a "
+        raise ConfigError(f"run config: key 'he-layers' has value {cfg.he_layers!r}; expected 'all', 'none' or a "
                           f"comma-separated list of this model's layers {layers} (unknown: {', '.join(unknown)})")
     return frozenset(cfg.he_layer_names)
 
 
 def weighting_for(cfg: RunConfig) -> str:
-    return {"fedavg": "samples", "fhe-fedqnn": "uniform", "adeptheq": "dp-softmax"}[cfg.strategy]
+    """The strategy's client weights, unless the run config's ``weighting`` names others (an ablation)."""
+    return cfg.weighting or {"fedavg": "samples", "fhe-fedqnn": "uniform", "adeptheq": "dp-softmax"}[cfg.strategy]
 
 
 def options_for(cfg: RunConfig, layers: list[str]) -> StrategyOptions:
@@ -44,4 +48,6 @@ def options_for(cfg: RunConfig, layers: list[str]) -> StrategyOptions:
         num_rounds=cfg.num_server_rounds,
         timeout_s=cfg.round_timeout,
         dp_epsilon=cfg.dp_epsilon,
+        dp_score=cfg.dp_score,
+        dp_loss_clip=cfg.dp_loss_clip,
     )

@@ -95,3 +95,18 @@ def test_federation_size_counts_labelled_records_of_the_real_training_folds(tmp_
     with pytest.raises(ConfigError, match=f"{expected // 10 + 1} clients need .* but data-path '{root}' gives "
                                           f"{expected} training records"):
         check_federation_size(cfg, expected // 10 + 1)
+
+
+def test_split_data_paths_name_the_other_data_sets_folders(tmp_path):
+    from data_prep.synth_wesad import write_synthetic_wesad
+
+    wesad = write_synthetic_wesad(tmp_path / "wesad", n_windows=200, seed=1)
+    mixed = defaults() | {"mode": "split", "split-variant": "u-shaped", "split-datasets": "ptbxl,wesad"}
+    cfg = RunConfig.from_flower(mixed | {"split-data-paths": f"wesad={wesad}"})
+    assert cfg.for_dataset("wesad").data_path == str(wesad) and cfg.for_dataset("ptbxl").data_path == ""
+    for value, fragment in [(f"pamap2={wesad}", "naming data sets of split-datasets (ptbxl, wesad)"),
+                            (f"ptbxl={wesad}", "no pair for the run's own dataset 'ptbxl'"),
+                            (f"wesad={tmp_path / 'absent'}", "absent"), ("wesad", "got 'wesad'")]:
+        with pytest.raises(ConfigError) as info:
+            RunConfig.from_flower(mixed | {"split-data-paths": value})
+        assert "'split-data-paths'" in str(info.value) and fragment in str(info.value)

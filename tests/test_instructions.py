@@ -30,7 +30,7 @@ def test_client_side_imports_no_server_module(module):
 
 
 def test_train_instructions_round_trip_and_name_what_is_wrong():
-    sent = TrainInstructions(3, ("conv1",), ("quantum", "fc"), 0.5, "/tmp/keys")
+    sent = TrainInstructions(3, ("conv1",), ("quantum", "fc"), 0.5, "/tmp/keys", "clipped-loss", 2.0)
     assert TrainInstructions.from_config(sent.to_config(), LAYERS) == sent
     none = TrainInstructions(1)
     assert TrainInstructions.from_config(none.to_config(), LAYERS) == none  # [""] stands for no layers
@@ -39,6 +39,8 @@ def test_train_instructions_round_trip_and_name_what_is_wrong():
         ENCRYPTED_LAYERS: (["fc", "fc"], r"key 'encrypted-layers' has value \['fc', 'fc'\]; expected distinct"),
         DP_ACCURACY_EPSILON: (-1.0, r"key 'dp-accuracy-epsilon' has value -1.0; expected a number >= 0"),
         SERVER_ROUND: (0, r"key 'server-round' has value 0; expected a round >= 1"),
+        "dp-score": ("auc", r"key 'dp-score' has value 'auc'; expected one of \['exact-match', 'hamming'"),
+        "dp-loss-clip": (0.0, r"key 'dp-loss-clip' has value 0.0; expected a number > 0"),
     }
     for key, (value, message) in bad.items():
         config = sent.to_config()

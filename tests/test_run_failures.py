@@ -84,9 +84,9 @@ def test_every_bad_key_is_named_in_one_last_line(tmp_path):
 def test_unknown_encrypted_layer_is_named(tmp_path):
     status, lines, children = run_cli(tmp_path, "he-layers='fc,bogus'")
     assert_stopped_before_flower(tmp_path, status, lines, children,
-                                 "key 'he-layers' has value 'fc,bogus'; expected 'all' or a comma-separated list of "
-                                 "this model's layers ['conv1', 'conv2', 'conv3', 'conv4', 'proj', 'quantum', 'fc'] "
-                                 "(unknown: bogus)")
+                                 "key 'he-layers' has value 'fc,bogus'; expected 'all', 'none' or a comma-separated "
+                                 "list of this model's layers ['conv1', 'conv2', 'conv3', 'conv4', 'proj', 'quantum', "
+                                 "'fc'] (unknown: bogus)")
 
 
 @pytest.mark.parametrize("run_config,nodes,message", [

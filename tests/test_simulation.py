@@ -49,6 +49,13 @@ def test_short_run_of_each_strategy(tmp_path, strategy):
     expected = len(load_ptbxl(ensure_synthetic_ptbxl(300), 100, verbose=False).split_indices("test"))
     assert test["num-examples"] == expected > 0  # the whole fold 10, each record once
     assert math.isfinite(test["macro-auc"])
+    # the final model is the round best on validation; the last round's test figures are kept beside it
+    selection = metrics["selection"]
+    aucs = [r["validation"]["macro-auc"] for r in metrics["rounds"]]
+    assert selection["metric"] == "macro-auc" and selection["round"] == 1 + aucs.index(max(aucs))
+    assert selection["validation"]["macro-auc"] == pytest.approx(max(aucs), abs=1e-6)  # re-scored by a client
+    assert metrics["test_last_round"] == metrics["rounds"][-1]["test"] and selection["test"] == test
+    assert f"Chosen round {selection['round']} (validation macro-auc" in log
     assert (results / "rounds.csv").is_file() and (results / "curves.png").is_file()
     assert (results / "final_model_plain.pt").is_file()
     assert f"Results written to {results}" in log
@@ -60,11 +67,18 @@ def test_short_run_of_each_strategy(tmp_path, strategy):
         assert metrics["rounds"][0]["train"]["privacy"]["basic"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("variant", ["plain", "u-shaped"])
-def test_short_split_learning_run(tmp_path, variant):
-    """``mode='split'``: every client steps through its data each round; bytes and round trips are logged."""
-    metrics, log, results = _run(tmp_path, "fedavg", f"mode='split' split-variant='{variant}' split-micro-batches=2")
+@pytest.mark.parametrize("variant,strategy", [("plain", "fedavg"), ("u-shaped", "adeptheq")])
+def test_short_split_learning_run(tmp_path, variant, strategy):
+    """``mode='split'``: every client steps through its data each round; bytes and round trips are logged;
+    the clients' pieces are averaged by the run's strategy (AdeptHEQ: DP weights, encrypted fc, freezing)."""
+    metrics, log, results = _run(tmp_path, strategy, f"mode='split' split-variant='{variant}' split-micro-batches=2")
     assert metrics["split"]["variant"] == variant and metrics["split"]["head_device"] == "cpu"
+    averaging = metrics["split"]["client_averaging"]
+    assert averaging["strategy"] == strategy
+    if strategy == "adeptheq":  # fc stays on the client in the U-shape, so it is the encrypted layer
+        assert averaging["encrypted_layers"] == ["fc"] and averaging["weighting"] == "dp-softmax"
+        assert metrics["privacy"]["basic"] == pytest.approx(2.0)
+        assert all(0.0 <= r["train"]["dp_accuracy_mean"] <= 1.0 for r in metrics["rounds"])
     data = load_ptbxl(ensure_synthetic_ptbxl(300), 100, verbose=False)
     cfg = RunConfig.from_flower({**metrics["config"], "results-dir": ""})
     train_records = sum(len(client_arrays(cfg, NodeConfig(partition_id=i, num_partitions=3)).y_train)

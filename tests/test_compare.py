@@ -1,0 +1,72 @@
+"""benchmarks.compare: the rows it derives from a run, their mean over seeds, and a two-arm smoke run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.compare import aggregate, main, parse_args, summarise_run
+
+
+def _metrics(aucs, test=None, selection_round=2, up=1000, down=3000, seconds=12.0):
+    rounds = [{"round": i + 1, "validation": {"macro-auc": a, "accuracy": 0.5, "loss": 0.4, "macro-f1": 0.3},
+               "bytes": {"train_up": up, "train_down": down}} for i, a in enumerate(aucs)]
+    return {"rounds": rounds, "test": test, "test_last_round": test and {**test, "macro-auc": 0.6},
+            "selection": {"round": selection_round, "validation": rounds[selection_round - 1]["validation"]},
+            "total_seconds": seconds, "privacy": {"best": 1.9}}
+
+
+def test_a_run_without_test_records_reports_its_chosen_validation_round_and_says_so():
+    row = summarise_run(_metrics([0.7, 0.9, 0.8], test={"num-examples": 0}), clients=4)
+    assert row["no_test_split"] and row["chosen_round"] == 2
+    assert row["chosen"]["macro-auc"] == 0.9 and row["last"]["macro-auc"] == 0.8
+    assert row["bytes_per_client_round"] == pytest.approx(4000 / 4) and row["seconds_per_round"] == 4.0
+    assert row["epsilon"] == 1.9 and row["validation_auc"] == [0.7, 0.9, 0.8]
+    with_test = summarise_run(_metrics([0.7, 0.9], test={"num-examples": 5, "macro-auc": 0.75}), clients=2)
+    assert not with_test["no_test_split"] and with_test["chosen"]["macro-auc"] == 0.75
+    assert with_test["last"]["macro-auc"] == 0.6
+
+
+def test_figures_are_averaged_over_seeds_with_their_standard_deviation():
+    rows = {"a": [summarise_run(_metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": v}), 2)
+                  for v in (0.6, 0.8)] + [{"error": "exit 1"}]}
+    entry = aggregate(rows)["a"]
+    mean, std = entry["chosen"]["macro-auc"]
+    assert mean == pytest.approx(0.7) and std == pytest.approx(math.sqrt(0.02))  # sample std of 0.6, 0.8
+    assert entry["failed"] == ["exit 1"] and entry["seeds"] == 3 and entry["validation_auc"] == [0.7, 0.8]
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        parse_args(["--arms", "fedavg,fedprox", "--out", "x"])
+    with pytest.raises(SystemExit):
+        parse_args(["--seeds", "0", "--out", "x"])
+    quick = parse_args(["--quick", "--out", "x"])
+    assert quick.seeds == 1 and len(quick.arm_list) == 10
+    study = parse_args(["--arms", "fedavg", "--extra-arm", "adeptheq-hamming=strategy='adeptheq' dp-score='hamming'",
+                        "--out", "x"])
+    assert [(a.name, a.run_config) for a in study.arm_list] == [
+        ("fedavg", "strategy='fedavg' model='hybrid' n-qubits=4 n-layers=2"),
+        ("adeptheq-hamming", "strategy='adeptheq' dp-score='hamming'")]
+    with pytest.raises(SystemExit):
+        parse_args(["--extra-arm", "fedavg=strategy='fedavg'", "--out", "x"])  # a name already taken
+
+
+def test_two_arm_smoke_run_on_the_same_partitions(tmp_path):
+    rc = main(["--arms", "fedavg,adeptheq-4q2l", "--seeds", "1", "--rounds", "2", "--local-epochs", "1",
+               "--clients", "3", "--synthetic-records", "300", "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    table = result["table"]
+    assert set(table) == {"fedavg", "adeptheq-4q2l"}
+    for arm, entry in table.items():
+        assert 0.0 <= entry["chosen"]["macro-auc"][0] <= 1.0 and entry["chosen"]["macro-auc"][1] == 0.0
+        assert entry["bytes_per_client_round"][0] > 0 and len(entry["validation_auc"]) == 2
+    assert table["adeptheq-4q2l"]["epsilon"][0] > 0 and math.isnan(table["fedavg"]["epsilon"][0])
+    configs = [json.loads((tmp_path / "runs" / f"{arm}-seed0" / "metrics.json").read_text()) for arm in table]
+    assert configs[0]["rounds"][0]["train"]["num_examples"] == configs[1]["rounds"][0]["train"]["num_examples"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| fedavg |" in markdown and "| adeptheq-4q2l |" in markdown and "# ptbxl: test (strat_fold 10)" in markdown
+    assert (tmp_path / "validation_auc.png").stat().st_size > 0 and (tmp_path / "bytes.png").stat().st_size > 0
