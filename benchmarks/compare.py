@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -145,6 +146,13 @@ def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
                 width = max(len(r[key]) for r in ok)
                 entry[key] = [_mean_std([r[key][i] for r in ok if i < len(r[key])])[0] for i in range(width)]
         table[arm] = entry
+    reference = rows.get("fedavg")
+    if reference:  # differences within a seed: the partitions move every arm together
+        for arm, runs in rows.items():
+            paired = [r["chosen"]["macro-auc"] - f["chosen"]["macro-auc"] for r, f in zip(runs, reference)
+                      if "error" not in r and "error" not in f and r["chosen"].get("macro-auc") is not None
+                      and f["chosen"].get("macro-auc") is not None]
+            table[arm]["auc_minus_fedavg"] = _mean_std(paired)
     return table
 
 
@@ -161,18 +169,20 @@ def markdown(table: dict, args: argparse.Namespace, command: str) -> str:
     lines = [f"# {title}", "", f"`{command}`", "",
              f"{args.seeds} seed(s), {args.clients} clients, Dirichlet({args.alpha}), {args.rounds} rounds x "
              f"{args.local_epochs} local epochs; centralised: {args.central_epochs} epochs. Mean ± standard "
-             "deviation over seeds; the model of each run is its best validation round.", "",
-             "| arm | loss | accuracy | macro-F1 | macro-AUC | macro-AUC, last round | bytes / client / round | "
-             "s / round | epsilon | chosen rounds |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "deviation over seeds; the model of each run is its best validation round. \"minus fedavg's\": the "
+             "arm's macro-AUC minus fedavg's on the same seed (same partitions), averaged.", "",
+             "| arm | loss | accuracy | macro-F1 | macro-AUC | minus fedavg's, same seed | macro-AUC, last round | "
+             "bytes / client / round | s / round | epsilon | chosen rounds |", "|" + "---|" * 11]
     for arm in table:
         e = table[arm]
         if "chosen" not in e:
-            lines.append(f"| {arm} | failed: {'; '.join(e['failed'])} | | | | | | | | |")
+            lines.append(f"| {arm} | failed: {'; '.join(e['failed'])} | | | | | | | | | |")
             continue
         c = e["chosen"]
         eps = "-" if math.isnan(e["epsilon"][0]) else f"{e['epsilon'][0]:.2f}"
         lines.append(f"| {arm} | {_pm(c['loss'])} | {_pm(c['accuracy'])} | {_pm(c['macro-f1'])} | "
-                     f"{_pm(c['macro-auc'])} | {_pm(e['last'].get('macro-auc', (math.nan, 0)))} | "
+                     f"{_pm(c['macro-auc'])} | {_pm(e.get('auc_minus_fedavg', (math.nan, 0)))} | "
+                     f"{_pm(e['last'].get('macro-auc', (math.nan, 0)))} | "
                      f"{e['bytes_per_client_round'][0] / 1e3:,.1f} kB | {e['seconds_per_round'][0]:.1f} | {eps} | "
                      f"{e['chosen_round']} |")
     lines += ["", "Arms: " + "; ".join(f"`{a.name}`: {a.what}" for a in args.arm_list), ""]
@@ -242,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:  # the shared keys once, before any run: a bad value stops here with one message
         RunConfig.from_flower({"dataset": args.dataset, "data-path": args.data_path, "seed": 0})
     except (ConfigError, DataFormatError) as err:

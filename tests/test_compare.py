@@ -36,6 +36,12 @@ def test_figures_are_averaged_over_seeds_with_their_standard_deviation():
     mean, std = entry["chosen"]["macro-auc"]
     assert mean == pytest.approx(0.7) and std == pytest.approx(math.sqrt(0.02))  # sample std of 0.6, 0.8
     assert entry["failed"] == ["exit 1"] and entry["seeds"] == 3 and entry["validation_auc"] == [0.7, 0.8]
+    rows["fedavg"] = [summarise_run(_metrics([0.7], test={"num-examples": 3, "macro-auc": v}, selection_round=1), 2)
+                      for v in (0.5, 0.9, 0.7)]
+    table = aggregate(rows)
+    mean, std = table["a"]["auc_minus_fedavg"]  # paired by seed: 0.6 - 0.5 and 0.8 - 0.9; seed 3 failed in "a"
+    assert mean == pytest.approx(0.0) and std == pytest.approx(math.sqrt(0.02))
+    assert table["fedavg"]["auc_minus_fedavg"] == (0.0, 0.0)
 
 
 def test_bad_arguments_are_refused():
