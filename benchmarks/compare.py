@@ -215,6 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="ptbxl")
     parser.add_argument("--data-path", default="", help="the data set's folder; empty: its built-in set")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed, first-seed + 1, ...")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--local-epochs", type=int, default=10)
     parser.add_argument("--clients", type=int, default=10)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict]] = {a.name: [] for a in args.arm_list}
     started = time.time()
     total = len(args.arm_list) * args.seeds
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for arm in args.arm_list:
             t0 = time.time()
             row = run_arm(arm, seed, args, args.out / "runs" / f"{arm.name}-seed{seed}")

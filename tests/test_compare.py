@@ -50,7 +50,8 @@ def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         parse_args(["--seeds", "0", "--out", "x"])
     quick = parse_args(["--quick", "--out", "x"])
-    assert quick.seeds == 1 and len(quick.arm_list) == 10
+    assert quick.seeds == 1 and len(quick.arm_list) == 10 and quick.first_seed == 0
+    assert parse_args(["--seeds", "2", "--first-seed", "3", "--out", "x"]).first_seed == 3  # seeds 3 and 4
     study = parse_args(["--arms", "fedavg", "--extra-arm", "adeptheq-hamming=strategy='adeptheq' dp-score='hamming'",
                         "--out", "x"])
     assert [(a.name, a.run_config) for a in study.arm_list] == [
