@@ -208,7 +208,8 @@ def test_client_pieces_go_through_the_strategy_dp_weights_encryption_and_freezin
         assert sorted({k.split(".")[0] for k in reply.content["arrays"]}) == ["conv2", "conv3", "conv4"]
         assert reply.content["he"]["layers"] == ["conv1", "fc"]
     accuracies = [seen[n][0][1].content["metrics"]["dp-accuracy"] for n in nodes]
-    weights = tempered_softmax(accuracies, tau=cfg.softmax_tau)
+    counts = [seen[n][0][1].content["metrics"]["num-examples"] for n in nodes]
+    weights = tempered_softmax(accuracies, tau=cfg.softmax_tau, sample_counts=counts)  # the default weighting
     assert [first.weights[str(n)] for n in nodes] == pytest.approx(list(weights))
     assert 0.0 <= first.train["dp_accuracy_mean"] <= 1.0
     # the server holds ciphertexts only; a client's key opens the weighted mean of the clients' layers
