@@ -29,8 +29,10 @@ from data_prep.format_error import DataFormatError
 from data_prep.registry import dataset_spec, datasets_help
 
 
-def chance_level(labels: np.ndarray, task: str) -> float:
-    """Accuracy of the best constant prediction on ``labels``."""
+def chance_level(labels: np.ndarray, task: str) -> float | None:
+    """Accuracy of the best constant prediction on ``labels``; None for an empty split (no test fold)."""
+    if len(labels) == 0:
+        return None
     if task == "multiclass":
         counts = labels.sum(axis=0)
         return float(counts.max() / counts.sum())
@@ -66,7 +68,8 @@ def run(cfg: RunConfig, epochs: int) -> dict:
             "train": int(train.size), "val": int(val.size), "test": int(test.size)},
         "best_epoch": int(np.argmax([h["macro_auc"] for h in history]) + 1),
         "test": _round(test_report),
-        "chance": {"accuracy": round(chance_level(data.labels[test], spec.task), 4), "macro_auc": 0.5},
+        "chance": {"accuracy": None if (c := chance_level(data.labels[test], spec.task)) is None else round(c, 4),
+                   "macro_auc": 0.5},
         "history": history, "seconds": round(time.time() - started, 1),
     }
 

@@ -19,7 +19,8 @@ test split on it. Where the data have no test records (``../shared/data/ptbxl`` 
 validation split stands in for the test split, the title says so, and the figures are optimistic
 (the round was chosen on that split); the last round's figures are given beside them.
 Writes ``results.md``, ``results.json``, ``validation_auc.png``, ``bytes.png`` and every run's folder
-under ``runs/``; prints one line per finished run.
+under ``runs/``; prints one line per finished run. ``--resume`` continues a study that was stopped: a run
+whose folder holds a finished result made with exactly the run config it would get now is read, not rerun.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ import shlex
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import ConfigError, RunConfig
 from data_prep.format_error import DataFormatError
 from data_prep.registry import dataset_spec, datasets_help
-from server_app.simulation_runner import run_simulation
+from server_app.simulation_runner import run_config_from_overrides, run_simulation
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,18 @@ def summarise_centralised(result: dict) -> dict:
             "validation_auc": [h.get("macro_auc") for h in history], "bytes_per_round": []}
 
 
-def run_arm(arm: Arm, seed: int, args: argparse.Namespace, folder: Path) -> dict:
-    """Run one arm for one seed; the row, or ``{"error": ...}`` when the run failed."""
+def _finished(path: Path, config: dict, complete) -> dict | None:
+    """The result stored at ``path`` if it was made with exactly ``config`` and ``complete(result)`` holds."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    config = json.loads(json.dumps(config))  # as the run wrote it: tuples become lists
+    return result if isinstance(result, dict) and result.get("config") == config and complete(result) else None
+
+
+def run_arm(arm: Arm, seed: int, args: argparse.Namespace, folder: Path) -> tuple[dict, bool]:
+    """Run one arm for one seed: (the row, or ``{"error": ...}`` when the run failed; whether it was reused)."""
     shared = (f"dataset='{args.dataset}' data-path='{args.data_path}' num-server-rounds={args.rounds} "
               f"local-epochs={args.local_epochs} dirichlet-alpha={args.alpha} seed={seed} "
               f"synthetic-records={args.synthetic_records} min-clients={min(2, args.clients)} {args.run_config}")
@@ -117,16 +129,26 @@ def run_arm(arm: Arm, seed: int, args: argparse.Namespace, folder: Path) -> dict
         from flwr.common.config import parse_config_args
 
         cfg = RunConfig.from_flower(parse_config_args([f"{shared} {HYBRID}"]))
+        config = {**cfg.as_flat_dict(), "central-epochs": args.central_epochs}
+        path = folder / "centralised.json"
+        done = args.resume and _finished(path, config, lambda r: len(r.get("history", [])) == args.central_epochs)
+        if done:
+            return summarise_centralised(done), True
         result = train_centrally(cfg, args.central_epochs)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "centralised.json").write_text(json.dumps(result, indent=1))
-        return summarise_centralised(result)
-    proc = run_simulation(f"{shared} {arm.run_config} results-dir='{folder}'", num_supernodes=args.clients,
-                          capture=True)
+        path.write_text(json.dumps({**result, "config": config}, indent=1))
+        return summarise_centralised(result), False
+    overrides = f"{shared} {arm.run_config} results-dir='{folder}'"
     metrics_path = folder / "metrics.json"
+    if args.resume:
+        done = _finished(metrics_path, run_config_from_overrides(overrides).as_flat_dict(),
+                         lambda m: len(m.get("rounds", [])) == args.rounds and "selection" in m)
+        if done:
+            return summarise_run(done, args.clients), True
+    proc = run_simulation(overrides, num_supernodes=args.clients, capture=True)
     if proc.returncode != 0 or not metrics_path.is_file():
-        return {"error": proc.reason or f"exit {proc.returncode}"}
-    return summarise_run(json.loads(metrics_path.read_text()), args.clients)
+        return {"error": proc.reason or f"exit {proc.returncode}"}, False
+    return summarise_run(json.loads(metrics_path.read_text()), args.clients), False
 
 
 def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
@@ -203,7 +225,8 @@ def plot(table: dict, out: Path) -> None:
                 ax.plot(range(1, len(e[key]) + 1), e[key], marker="o", label=arm)
         ax.set_xlabel("round (centralised: epoch)")
         ax.set_ylabel(label)
-        ax.legend(fontsize=8)
+        if ax.lines:  # every arm may have failed
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
@@ -230,6 +253,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "dp-score='hamming'\"; repeatable")
     parser.add_argument("--quick", action="store_true", help=f"every arm, small: {QUICK}")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true",
+                        help="read the runs already finished under --out with the same run config instead of rerunning")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -266,11 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for arm in args.arm_list:
             t0 = time.time()
-            row = run_arm(arm, seed, args, args.out / "runs" / f"{arm.name}-seed{seed}")
+            try:
+                row, reused = run_arm(arm, seed, args, args.out / "runs" / f"{arm.name}-seed{seed}")
+            except Exception as err:  # one arm's crash must not end a study of hours; the table names it
+                traceback.print_exc()
+                row, reused = {"error": f"{type(err).__name__}: {err}"}, False
             rows[arm.name].append(row)
             done = sum(map(len, rows.values()))
             figure = "failed: " + row["error"] if "error" in row else f"macro-AUC {row['chosen']['macro-auc']:.3f}"
-            print(f"[compare] {done}/{total} {arm.name} seed {seed}: {figure} ({time.time() - t0:.0f} s, "
+            took = "read from its folder" if reused else f"{time.time() - t0:.0f} s"
+            print(f"[compare] {done}/{total} {arm.name} seed {seed}: {figure} ({took}, "
                   f"{time.time() - started:.0f} s in all)", file=sys.stderr, flush=True)
     table = aggregate(rows)
     (args.out / "results.json").write_text(json.dumps({"command": command, "runs": rows, "table": table},

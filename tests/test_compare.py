@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks.compare import aggregate, main, parse_args, summarise_run
@@ -61,9 +62,10 @@ def test_bad_arguments_are_refused():
         parse_args(["--extra-arm", "fedavg=strategy='fedavg'", "--out", "x"])  # a name already taken
 
 
-def test_two_arm_smoke_run_on_the_same_partitions(tmp_path):
-    rc = main(["--arms", "fedavg,adeptheq-4q2l", "--seeds", "1", "--rounds", "2", "--local-epochs", "1",
-               "--clients", "3", "--synthetic-records", "300", "--out", str(tmp_path)])
+def test_two_arm_smoke_run_on_the_same_partitions_then_resumed(tmp_path, monkeypatch):
+    argv = ["--arms", "fedavg,adeptheq-4q2l", "--seeds", "1", "--rounds", "2", "--local-epochs", "1",
+            "--clients", "3", "--synthetic-records", "300", "--out", str(tmp_path)]
+    rc = main(argv)
     assert rc == 0
     result = json.loads((tmp_path / "results.json").read_text())
     table = result["table"]
@@ -77,3 +79,47 @@ def test_two_arm_smoke_run_on_the_same_partitions(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "| fedavg |" in markdown and "| adeptheq-4q2l |" in markdown and "# ptbxl: test (strat_fold 10)" in markdown
     assert (tmp_path / "validation_auc.png").stat().st_size > 0 and (tmp_path / "bytes.png").stat().st_size > 0
+
+    # --resume reads the finished runs made with the same run config and reruns any other one
+    reran = []
+
+    class Failed:
+        returncode, reason = 1, "stub: not rerun"
+
+    monkeypatch.setattr("benchmarks.compare.run_simulation", lambda overrides, **kw: reran.append(overrides) or Failed)
+    assert main([*argv, "--resume"]) == 0 and not reran
+    assert json.loads((tmp_path / "results.json").read_text())["table"]["fedavg"]["chosen"] == table["fedavg"]["chosen"]
+    metrics_path = tmp_path / "runs" / "fedavg-seed0" / "metrics.json"
+    unfinished = json.loads(metrics_path.read_text())
+    unfinished["rounds"] = unfinished["rounds"][:1]
+    metrics_path.write_text(json.dumps(unfinished))
+    assert main([*argv, "--resume", "--local-epochs", "2"]) == 1 and len(reran) == 2  # another budget: both rerun
+    assert main([*argv, "--resume"]) == 1 and len(reran) == 3 and "strategy='fedavg'" in reran[-1]  # unfinished
+
+
+def test_chance_level_of_a_split_and_of_an_empty_one():
+    from benchmarks.centralised import chance_level
+
+    multilabel = np.array([[1, 0], [1, 0], [0, 1], [1, 1]])
+    assert chance_level(multilabel, "multilabel") == pytest.approx(2 / 4)  # the set {0} twice out of four
+    onehot = np.array([[0, 1, 0], [0, 1, 0], [1, 0, 0]])
+    assert chance_level(onehot, "multiclass") == pytest.approx(2 / 3)
+    assert chance_level(multilabel[:0], "multilabel") is None  # real PTB-XL here has no fold 10
+
+
+def test_an_arm_that_crashes_is_a_failed_row_and_the_study_goes_on(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_run_arm(arm, seed, args, folder):
+        seen.append(arm.name)
+        if arm.name == "centralised":
+            raise ValueError("zero-size array")
+        return summarise_run(_metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": 0.8}), 2), False
+
+    monkeypatch.setattr("benchmarks.compare.run_arm", fake_run_arm)
+    monkeypatch.setattr("benchmarks.compare.plot", lambda table, out: None)
+    assert main(["--arms", "centralised,fedavg", "--seeds", "1", "--out", str(tmp_path)]) == 1
+    table = json.loads((tmp_path / "results.json").read_text())["table"]
+    assert sorted(seen) == ["centralised", "fedavg"]
+    assert table["centralised"]["failed"] == ["ValueError: zero-size array"]
+    assert table["fedavg"]["chosen"]["macro-auc"][0] == pytest.approx(0.8)
