@@ -26,7 +26,7 @@ from client_app.split_steps import split_activations, split_evaluate, split_read
 from client_app.layer_encryption import encrypted_layers_record, load_encrypted_layers
 from common.config import NodeConfig, RunConfig
 from common.instructions import (SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP, SPLIT_WEIGHTS,
-                                 EvaluateInstructions, TrainInstructions)
+                                 EvaluateInstructions, TrainInstructions, split_report_metrics)
 from common.model import ECGNet, build_model, load_arrays, state_by_layer
 from common.privacy import LaplaceAccuracyRelease
 from common.task import evaluate, predict, train_local
@@ -108,6 +108,5 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     for split in orders.splits:
         x, y = split_arrays(cfg, node, split)
         report = evaluate(model, x, y, task, device=_device())
-        metrics.update({f"{split}-{k.replace('_', '-')}": v if isinstance(v, list) else float(v)
-                        for k, v in report.items()})
+        metrics.update(split_report_metrics(split, report))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -31,7 +31,7 @@ from common.config import NodeConfig, RunConfig
 from common.distance_correlation import activation_rms, distance_correlation
 from common.instructions import (ACTIVATIONS, DATASET, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
                                  LOCAL_VAL, InstructionError, SplitInstructions,
-                                 TrainInstructions)
+                                 TrainInstructions, split_report_metrics)
 from common.model import build_model, layer_of, load_arrays, state_by_layer
 from common.privacy import LaplaceAccuracyRelease
 from common.split_model import client_layers, split_model
@@ -325,6 +325,5 @@ def split_evaluate(msg: Message, context: Context) -> Message:
         if logits.shape != y.shape:
             raise InstructionError(f"outputs of split {split!r} of shape {logits.shape}; expected {y.shape}")
         report = report_from_probabilities(probabilities(logits, task), y, task)
-        metrics.update({f"{split}-{k.replace('_', '-')}": v if isinstance(v, list) else float(v)
-                        for k, v in report.items()})
+        metrics.update(split_report_metrics(split, report))
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

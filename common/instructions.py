@@ -118,6 +118,16 @@ class EvaluateInstructions:
         return cls(_round(config), splits, _key_dir(config))
 
 
+def split_report_metrics(split: str, report: dict) -> dict:
+    """A split's evaluation report as reply metrics: ``accuracy`` of ``val`` becomes ``val-accuracy``."""
+    return {f"{split}-{k.replace('_', '-')}": v if isinstance(v, list) else float(v) for k, v in report.items()}
+
+
+def metrics_of_split(metrics: dict, split: str) -> dict:
+    """The figures of one split in an evaluate reply's metrics, without the split prefix."""
+    return {k.removeprefix(f"{split}-"): v for k, v in metrics.items() if k.startswith(f"{split}-")}
+
+
 # --- split learning (mode = "split") -----------------------------------------------------------
 # message actions: Flower routes "<category>.<action>" to the ClientApp function registered for it
 SPLIT_STEP = "split_step"  # train: apply the gradients carried (if any), reply with the next activations

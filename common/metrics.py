@@ -29,10 +29,14 @@ import numpy as np
 from scipy.stats import rankdata
 
 
+def label_hits(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(records, classes) booleans: the thresholded prediction equals the 0/1 target."""
+    return (np.asarray(probs) >= threshold) == (np.asarray(targets) >= 0.5)
+
+
 def exact_match_correct(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> int:
     """Number of records whose thresholded predictions equal the targets on every class."""
-    pred = probs >= threshold
-    return int(np.all(pred == (targets >= 0.5), axis=1).sum())
+    return int(label_hits(targets, probs, threshold).all(axis=1).sum())
 
 
 def roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.metrics import classification_report, exact_match_correct
+from common.metrics import classification_report
 from common.model import layer_of
 
 TASKS = ("multilabel", "multiclass")
@@ -123,12 +123,3 @@ def report_from_probabilities(probs: np.ndarray, y: np.ndarray, task: str) -> di
     else:
         loss = float(-np.mean(np.log(p[np.arange(len(y)), y.argmax(axis=1)])))
     return classification_report(y, probs, loss, task)
-
-
-def count_correct(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str,
-                  device: str = "cpu") -> int:
-    """Correct records (exact match, or the arg-max class): the numerator of the accuracy a client privatises."""
-    probs = predict(model, x, task, device=device)
-    if task == "multilabel":
-        return exact_match_correct(y, probs)
-    return int(np.sum(probs.argmax(axis=1) == y.argmax(axis=1)))

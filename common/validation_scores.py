@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.metrics import label_hits
+
 SCORES = ("exact-match", "hamming", "clipped-loss")
 
 
@@ -60,7 +62,7 @@ class ValidationScore:
             return 1.0 - np.minimum(loss, self.clip) / self.clip
         if self.task == "multiclass":
             return (probs.argmax(axis=1) == targets.argmax(axis=1)).astype(np.float64)
-        right = (probs >= 0.5) == (targets >= 0.5)
+        right = label_hits(targets, probs)
         return right.mean(axis=1) if self.name == "hamming" else right.all(axis=1).astype(np.float64)
 
     def total(self, probs: np.ndarray, targets: np.ndarray) -> float:

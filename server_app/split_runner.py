@@ -40,7 +40,7 @@ from common.config import RunConfig
 from common.gpu_energy import GpuEnergyMeter, nvml_status
 from common.instructions import (ACTIVATIONS, DATASET, DONE, GRADIENTS, LABELS, OUTPUTS, READOUT_GRADIENTS, READOUTS,
                                  LOCAL_VAL, SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP,
-                                 SPLIT_WEIGHTS,                                  SplitInstructions, TrainInstructions)
+                                 SPLIT_WEIGHTS, SplitInstructions, TrainInstructions, metrics_of_split)
 from common.model import build_model, state_by_layer
 from common.split_model import client_layers, split_model
 from common.wire import from_array_record, serialized_size, to_array_record
@@ -283,8 +283,7 @@ class SplitRun:
         if not metrics:
             return {**selection, "test": None, "error": "; ".join(scoring.dropped)}
         return {**selection,
-                "validation": {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")},
-                "test": {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}}
+                "validation": metrics_of_split(metrics, "val"), "test": metrics_of_split(metrics, "test")}
 
     def _u_backward(self, server_round: int, readouts: dict[int, list[np.ndarray]], log_: RoundLog,
                     active: set[int], losses: list[float]) -> dict[int, list[np.ndarray]]:
@@ -408,9 +407,9 @@ class SplitRun:
         if len(per_dataset) > 1:
             log_.train["split"]["datasets"] = per_dataset
         main = per_dataset.get(self.cfg.dataset) or next(iter(per_dataset.values()), {})
-        log_.validation = {k.removeprefix("val-"): v for k, v in main.items() if k.startswith("val-")}
-        if any(k.startswith("test-") for k in main):
-            log_.test = {k.removeprefix("test-"): v for k, v in main.items() if k.startswith("test-")}
+        log_.validation = metrics_of_split(main, "val")
+        if test := metrics_of_split(main, "test"):
+            log_.test = test
 
     def _evaluate_on(self, server_round: int, node: int, splits: tuple[str, ...], log_: RoundLog,
                      records: RecordDict | None = None) -> dict | None:

@@ -27,7 +27,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.instructions import EvaluateInstructions, TrainInstructions
+from common.instructions import EvaluateInstructions, TrainInstructions, metrics_of_split
 from common.model import layer_of, layer_vectors
 from common.wire import he_record, layer_order, serialized_size, to_array_record
 from strategies.freezing import EMALayerFreezer
@@ -292,9 +292,9 @@ class LayerwiseStrategy(Strategy):
         else:
             current.bytes["eval_up"] += serialized_size(reply.content)
             metrics = dict(reply.content.get("metrics", MetricRecord()))
-        current.validation = {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")}
-        if any(k.startswith("test-") for k in metrics):
-            current.test = {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}
+        current.validation = metrics_of_split(metrics, "val")
+        if test := metrics_of_split(metrics, "test"):
+            current.test = test
         if self.selector is not None and self.selector.observe(server_round, current.validation, self.snapshot):
             log(INFO, "Round %d: best validation %s so far (%.4f)", server_round, self.selector.metric,
                 self.selector.best.score)
@@ -353,8 +353,7 @@ class LayerwiseStrategy(Strategy):
             return {**selection, "test": None, "error": client_failure_reason(reason)}
         metrics = dict(replies[0].content.get("metrics", MetricRecord()))
         return {**selection,
-                "validation": {k.removeprefix("val-"): v for k, v in metrics.items() if k.startswith("val-")},
-                "test": {k.removeprefix("test-"): v for k, v in metrics.items() if k.startswith("test-")}}
+                "validation": metrics_of_split(metrics, "val"), "test": metrics_of_split(metrics, "test")}
 
     def update_freezing(self, current: RoundLog, metrics: dict) -> None:
         """Score the global plain layers and the evaluator's ``delta-rms-<layer>`` metrics; freeze the stale."""

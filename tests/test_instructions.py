@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
@@ -77,3 +78,14 @@ def test_the_server_decides_packing_and_the_accuracy_release(strategy, epsilon):
     assert orders.dp_accuracy_epsilon == epsilon and orders.frozen_layers == ("conv1",)
     expected = [name for name in layers if name in encrypted_layers_for(cfg, layers) and name != "conv1"]
     assert list(orders.encrypted_layers) == expected
+
+
+def test_split_metrics_travel_with_their_prefix_and_come_back_without_it():
+    from common.instructions import metrics_of_split, split_report_metrics
+
+    metrics = {**split_report_metrics("val", {"macro_auc": np.float32(0.75), "confusion_matrix": [1, 2]}),
+               **split_report_metrics("test", {"accuracy": 0.5}), "delta-rms-fc": 0.1}
+    assert metrics == {"val-macro-auc": 0.75, "val-confusion-matrix": [1, 2], "test-accuracy": 0.5, "delta-rms-fc": 0.1}
+    assert type(metrics["val-macro-auc"]) is float  # a MetricRecord takes Python floats, not numpy scalars
+    assert metrics_of_split(metrics, "val") == {"macro-auc": 0.75, "confusion-matrix": [1, 2]}
+    assert metrics_of_split(metrics, "test") == {"accuracy": 0.5} and metrics_of_split({}, "test") == {}

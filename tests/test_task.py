@@ -8,7 +8,8 @@ import torch
 
 from common.config import RunConfig
 from common.model import build_model
-from common.task import count_correct, evaluate, loss_function, predict, train_local
+from common.task import evaluate, loss_function, predict, train_local
+from common.validation_scores import ValidationScore
 
 
 def test_multiclass_loss_is_cross_entropy_of_the_true_class():
@@ -37,5 +38,5 @@ def test_multiclass_training_learns_a_separable_task_and_reports_softmax():
     probs = predict(model, x, "multiclass")
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert after["loss"] < before["loss"] and after["accuracy"] > 0.9, (before, after)
-    assert count_correct(model, x, y, "multiclass") == round(after["accuracy"] * 200)
+    assert ValidationScore("exact-match", "multiclass").total(probs, y) == round(after["accuracy"] * 200)
     assert sum(after["confusion_matrix"]) == 200
