@@ -7,7 +7,7 @@ RUN_CONFIG ?=
 SUPERNODES ?= 10
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench compare-quick clean-flwr
+.PHONY: install run test bench compare-quick compose-test clean-flwr
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: install
 
 compare-quick: install
 	$(BIN)/python -m benchmarks.compare --quick --out results/compare-quick
+
+# Images built and the TLS compose stack run on this host (needs Docker; as root it starts dockerd itself).
+compose-test: install
+	$(BIN)/python docker/compose_test.py
 
 clean-flwr:
 	rm -rf .flwr_home

@@ -184,11 +184,13 @@ def pip_installs(name: str) -> list[list[str]]:
     for instr, args in dockerfile_instructions(name):
         if instr != "RUN":
             continue
-        for segment in re.split(r"&&|;|\|\|", args):
-            tokens = shlex.split(segment, posix=True)
-            for i in range(len(tokens) - 1):
-                if tokens[i] == "pip" and tokens[i + 1] == "install":
-                    out.append(tokens[i + 2 :])
+        lexer = shlex.shlex(args, posix=True, punctuation_chars=True)  # quotes kept whole; && ; || split off
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+        for i in range(len(tokens) - 1):
+            if tokens[i] == "pip" and tokens[i + 1] == "install":
+                end = next((j for j in range(i + 2, len(tokens)) if tokens[j] in ("&&", ";", "||", ";;")), len(tokens))
+                out.append(tokens[i + 2 : end])
     return out
 
 
@@ -285,10 +287,14 @@ def test_every_image_is_pinned_to_the_flwr_version(name: str) -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfile_base_image_has_an_exact_version_tag(dockerfile: str) -> None:
-    froms = [args.split()[0] for instr, args in dockerfile_instructions(dockerfile) if instr == "FROM"]
+    instructions = dockerfile_instructions(dockerfile)
+    defaults = dict(args.partition("=")[::2] for instr, args in instructions if instr == "ARG" and "=" in args)
+    froms = [args.split()[0] for instr, args in instructions if instr == "FROM"]
     assert froms, f"{dockerfile} has no FROM"
     for image in froms:
-        assert "$" not in image, f"{dockerfile}: FROM {image} depends on a build argument"
+        # a build argument may name the base (a registry-less host builds its own); its default is the public image
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), image)
+        assert "$" not in image, f"{dockerfile}: FROM {image} depends on a build argument without a default"
         tag = image.split("@")[0].rpartition(":")[2]
         assert re.search(r"\d+\.\d+\.\d+", tag), f"{dockerfile}: FROM {image} is not an exact X.Y.Z tag"
 
@@ -302,9 +308,9 @@ def test_dockerfile_pip_installs_are_pinned_and_match_pyproject(dockerfile: str)
     for args in installs:
         specs, files = pip_requirements(args)
         for spec in specs:
-            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^\s;]+)", spec)
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^\s;+]+)(\+[\w${}]+)?", spec)
             assert match, f"{dockerfile}: pip argument '{spec}' is not pinned with =="
-            installed[_norm(match.group(1))] = match.group(3)
+            installed[_norm(match.group(1))] = match.group(3)  # the local label (+cpu, +cu126) names the build
             order.append(_norm(match.group(1)))
         for req in files:
             pins = requirements_file_pins(DOCKER / Path(req).name)
@@ -319,10 +325,17 @@ def test_dockerfile_pip_installs_are_pinned_and_match_pyproject(dockerfile: str)
         assert order[0] == "torch", f"{dockerfile} installs {order[0]} before torch"
 
 
-def test_app_images_carry_every_pyproject_dependency() -> None:
-    pins = requirements_file_pins(DOCKER / "requirements.txt")
-    missing = sorted(set(PINS) - set(pins) - {"torch"})
-    assert not missing, f"docker/requirements.txt lacks {missing} from pyproject.toml"
+def test_app_images_carry_every_pyproject_dependency_and_the_supernode_no_server_only_one() -> None:
+    client = requirements_file_pins(DOCKER / "requirements-client.txt")
+    server = requirements_file_pins(DOCKER / "requirements-server.txt")
+    named = {_norm(spec.split("==")[0]) for args in pip_installs("Dockerfile.supernode") for spec in
+             pip_requirements(args)[0]}  # torch, and wfdb without its plotting and download dependencies
+    missing = sorted(set(PINS) - set(client) - set(server) - named)
+    assert not missing, f"the images lack {missing} from pyproject.toml"
+    assert named == {"torch", "wfdb"}
+    assert set(server) == {"dp-accounting", "matplotlib"} and not set(server) & set(client)
+    client_installs = [a for args in pip_installs("Dockerfile.supernode") for a in pip_requirements(args)[1]]
+    assert [Path(f).name for f in client_installs] == ["requirements-client.txt"]
 
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)
@@ -490,9 +503,10 @@ def test_gpu_override_only_adds_a_device_to_the_serverapp() -> None:
 def test_build_context_excludes_everything_but_requirements() -> None:
     lines = [l.strip() for l in (DOCKER / ".dockerignore").read_text(encoding="utf-8").splitlines()]
     rules = [l for l in lines if l and not l.startswith("#")]
-    assert rules == ["*", "!requirements.txt"]
-    copied = {args.split()[0] for df in DOCKERFILES for instr, args in dockerfile_instructions(df) if instr == "COPY"}
-    assert copied <= {"requirements.txt"}
+    assert rules == ["*", "!requirements-client.txt", "!requirements-server.txt"]
+    copied = {src for df in DOCKERFILES for instr, args in dockerfile_instructions(df) if instr == "COPY"
+              for src in args.split()[:-1]}
+    assert copied <= {"requirements-client.txt", "requirements-server.txt"}
 
 
 # ================================================================ tests: scripts
