@@ -580,3 +580,14 @@ def test_generate_supernode_keys_writes_keys_flwr_accepts(tmp_path: Path) -> Non
     assert again.returncode == 1 and "not overwriting" in again.stderr
     bad = subprocess.run(["bash", script, str(tmp_path / "x"), "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "'0'" in bad.stderr
+
+
+@pytest.mark.parametrize("name", [*COMPOSE_FILES, "compose.gpu.yml"])
+def test_compose_files_keep_to_what_compose_v1_29_and_v2_both_accept(name: str) -> None:
+    data = yaml.safe_load((DOCKER / name).read_text(encoding="utf-8"))
+    top = {k for k in data if not k.startswith("x-")}
+    # no `version` (obsolete in v2) and no `name` (v2 only: Compose 1.29 refuses the file); `-p` names the project
+    assert top <= {"services", "volumes", "networks", "secrets", "configs"}, f"{name}: top-level keys {sorted(top)}"
+    for svc_name, svc in data["services"].items():
+        assert not {"links", "external_links", "volumes_from", "container_name"} & set(svc), (
+            f"{name}:{svc_name} uses a key that pins container names or is legacy")
