@@ -8,6 +8,7 @@ simulation refuses to start while a first owns the Flower home or the SuperLink'
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from data_prep.synth_ptbxl import write_synthetic_ptbxl
 from server_app.simulation_runner import (EXIT_FAILED, EXIT_INVALID, EXIT_OK, cmdline, descendants, run_simulation,
-                                          superlink_pids)
+                                          stop_process_tree, superlink_pids)
 
 PROJECT = Path(__file__).resolve().parents[1]
 FLOWER_OR_RAY = ("flwr", "flower-", "ray", "raylet", "gcs_server")
@@ -168,14 +169,17 @@ def test_second_simulation_refuses_to_start_and_leaves_the_first_alone(tmp_path)
         assert not [c for c in children if any(name in c for name in FLOWER_OR_RAY)]
         status, lines, children = run_cli(tmp_path, "synthetic-records=5000", home=other_home)
         assert status == EXIT_FAILED
-        assert lines[-1].startswith(f"error: port 39091 on 127.0.0.1, which the local SuperLink needs, is in use "
+        port = os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")  # the runner honours Flower's override
+        assert lines[-1].startswith(f"error: port {port} on 127.0.0.1, which the local SuperLink needs, is in use "
                                     f"by pid {superlinks[0]}: ")
         assert not [c for c in children if any(name in c for name in FLOWER_OR_RAY)]
         assert superlink_pids(first_home.resolve()) == superlinks  # untouched
         assert first.wait(timeout=300) == EXIT_OK, (tmp_path / "first.txt").read_text()[-3000:]
     finally:
-        if first.poll() is None:
+        if first.poll() is None:  # a failed check above: stop the first run and the SuperLink it started
             first.kill()
+            first.wait()
+            stop_process_tree(superlink_pids(first_home.resolve()))
         first_out.close()
     assert (tmp_path / "results" / "metrics.json").is_file()
     assert superlink_pids(first_home.resolve()) == []
