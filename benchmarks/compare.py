@@ -109,14 +109,27 @@ def summarise_centralised(result: dict) -> dict:
             "validation_auc": [h.get("macro_auc") for h in history], "bytes_per_round": []}
 
 
+def _same_config(stored: dict, expected: dict) -> bool:
+    """Whether a run stored with ``stored`` is the run ``expected`` asks for: every stored key has the expected
+    value, and a key the stored run did not know (added to the app since) has its default, which by the app's
+    rule keeps the old behaviour."""
+    defaults = RunConfig.model_construct().as_flat_dict()
+    return (all(key in expected and expected[key] == value for key, value in stored.items())
+            and all(key in stored or (key in defaults and json.loads(json.dumps(defaults[key])) == value)
+                    for key, value in expected.items()))
+
+
 def _finished(path: Path, config: dict, complete) -> dict | None:
-    """The result stored at ``path`` if it was made with exactly ``config`` and ``complete(result)`` holds."""
+    """The result stored at ``path`` if it was made with the run config ``config`` (``_same_config``) and
+    ``complete(result)`` holds."""
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     config = json.loads(json.dumps(config))  # as the run wrote it: tuples become lists
-    return result if isinstance(result, dict) and result.get("config") == config and complete(result) else None
+    if not isinstance(result, dict) or not isinstance(result.get("config"), dict):
+        return None
+    return result if _same_config(result["config"], config) and complete(result) else None
 
 
 def run_arm(arm: Arm, seed: int, args: argparse.Namespace, folder: Path) -> tuple[dict, bool]:

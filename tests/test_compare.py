@@ -123,3 +123,17 @@ def test_an_arm_that_crashes_is_a_failed_row_and_the_study_goes_on(tmp_path, mon
     assert sorted(seen) == ["centralised", "fedavg"]
     assert table["centralised"]["failed"] == ["ValueError: zero-size array"]
     assert table["fedavg"]["chosen"]["macro-auc"][0] == pytest.approx(0.8)
+
+
+def test_a_resumed_run_must_have_had_the_same_run_config_and_may_predate_a_key_left_at_its_default():
+    from benchmarks.compare import _same_config
+    from common.config import RunConfig
+
+    expected = RunConfig.from_flower({"seed": 3, "num-server-rounds": 20}).as_flat_dict()
+    stored = dict(expected)
+    assert _same_config(stored, expected)
+    assert not _same_config({**stored, "seed": 4}, expected)
+    older = {k: v for k, v in stored.items() if k != "split-nopeek-weight"}  # a run from before that key existed
+    assert _same_config(older, expected)
+    assert not _same_config(older, {**expected, "split-nopeek-weight": 0.5})  # the key is not at its default now
+    assert not _same_config({**stored, "a-removed-key": 1}, expected)
