@@ -20,7 +20,8 @@ validation split stands in for the test split, the title says so, and the figure
 (the round was chosen on that split); the last round's figures are given beside them.
 Writes ``results.md``, ``results.json``, ``validation_auc.png``, ``bytes.png`` and every run's folder
 under ``runs/``; prints one line per finished run. ``--resume`` continues a study that was stopped: a run
-whose folder holds a finished result made with exactly the run config it would get now is read, not rerun.
+whose folder holds a finished result made with the run config it would get now (keys added to the app since
+left at their defaults) is read, not rerun.
 """
 
 from __future__ import annotations
@@ -113,10 +114,9 @@ def _same_config(stored: dict, expected: dict) -> bool:
     """Whether a run stored with ``stored`` is the run ``expected`` asks for: every stored key has the expected
     value, and a key the stored run did not know (added to the app since) has its default, which by the app's
     rule keeps the old behaviour."""
-    defaults = RunConfig.model_construct().as_flat_dict()
+    defaults = json.loads(json.dumps(RunConfig.model_construct().as_flat_dict()))
     return (all(key in expected and expected[key] == value for key, value in stored.items())
-            and all(key in stored or (key in defaults and json.loads(json.dumps(defaults[key])) == value)
-                    for key, value in expected.items()))
+            and all(key in stored or (key in defaults and defaults[key] == value) for key, value in expected.items()))
 
 
 def _finished(path: Path, config: dict, complete) -> dict | None:

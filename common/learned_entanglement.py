@@ -32,6 +32,7 @@ broadcasting over the batch, float64). Both are tested against a separate PennyL
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from itertools import combinations
 
 import torch
@@ -45,11 +46,15 @@ def wire_pairs(n_qubits: int) -> tuple[tuple[int, int], ...]:
     return tuple(combinations(range(n_qubits), 2))
 
 
-def _z_signs(n_qubits: int, dtype: torch.dtype) -> Tensor:
-    """(2^n, n) with z_i(k) = 1 - 2 bit_i(k), wire 0 the most significant bit."""
+@lru_cache(maxsize=16)
+def _sign_tables(n_qubits: int) -> tuple[Tensor, Tensor]:
+    """z (2^n, n) with z_i(k) = 1 - 2 bit_i(k), wire 0 the most significant bit, and zz (2^n, P) = z_i z_j per
+    pair, in float64 on the CPU (cast per call)."""
     k = torch.arange(2**n_qubits)
-    bits = torch.stack([(k >> (n_qubits - 1 - i)) & 1 for i in range(n_qubits)], dim=1)
-    return (1 - 2 * bits).to(dtype)
+    z = (1 - 2 * torch.stack([(k >> (n_qubits - 1 - i)) & 1 for i in range(n_qubits)], dim=1)).to(torch.float64)
+    pairs = wire_pairs(n_qubits)
+    zz = torch.stack([z[:, i] * z[:, j] for i, j in pairs], dim=1) if pairs else z[:, :0]
+    return z, zz
 
 
 def _kron_rows(factors: Tensor) -> Tensor:
@@ -74,9 +79,7 @@ def simulate(angles: Tensor, couplings: Tensor, weights: Tensor) -> Tensor:
     """<Z_i> (B, n) of the circuit in the module docstring; angles (B, n), couplings (B, L, P), weights (L, n, 2)."""
     batch, n = angles.shape
     n_layers = weights.shape[0]
-    z = _z_signs(n, angles.dtype).to(angles.device)
-    pairs = wire_pairs(n)
-    zz = torch.stack([z[:, i] * z[:, j] for i, j in pairs], dim=1) if pairs else z[:, :0]  # (2^n, P)
+    z, zz = (t.to(angles.device, angles.dtype) for t in _sign_tables(n))
     half = angles / 2
     re = _kron_rows(torch.stack([torch.cos(half), torch.sin(half)], dim=-1))
     im = torch.zeros_like(re)

@@ -151,16 +151,20 @@ def image_size(tag: str) -> int:
     return int(run(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).stdout.strip())
 
 
+@functools.cache
+def _pip_config() -> dict[str, str]:
+    """`pip config list` of this host as {key: value}; the first scope listed (the environment's) wins."""
+    proc = run([sys.executable, "-m", "pip", "config", "list"], check=False, timeout=60)
+    found: dict[str, str] = {}
+    for name, _, value in (line.partition("=") for line in proc.stdout.splitlines()):
+        if value:
+            found.setdefault(name.split(".")[-1], value.strip().strip("'\""))
+    return found
+
+
 def pip_setting(key: str) -> str:
     """A setting of this host's pip (environment first, then `pip config`), or ''."""
-    if os.environ.get(f"PIP_{key.upper().replace('-', '_')}"):
-        return os.environ[f"PIP_{key.upper().replace('-', '_')}"]
-    proc = run([sys.executable, "-m", "pip", "config", "list"], check=False, timeout=60)
-    for line in proc.stdout.splitlines():
-        name, _, value = line.partition("=")
-        if name.split(".")[-1] == key:
-            return value.strip().strip("'\"")
-    return ""
+    return os.environ.get(f"PIP_{key.upper().replace('-', '_')}") or _pip_config().get(key, "")
 
 
 class BuildFiles:
@@ -472,8 +476,7 @@ def check_refusals(stack: Stack, report: dict) -> None:
 
 
 def _line_with(text: str, needle: str) -> str:
-    hits = [line.strip() for line in text.splitlines() if needle.lower() in line.lower().replace(" ", "_")
-            or needle.lower() in line.lower()]
+    hits = [line.strip() for line in text.splitlines() if needle.lower() in line.lower()]
     return re.sub(r"\x1b\[[0-9;]*m", "", hits[0])[:300] if hits else ""
 
 
