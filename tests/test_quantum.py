@@ -92,21 +92,36 @@ def test_torch_backend_float64_matches_pennylane_to_1e10(n_qubits: int, n_layers
     assert_matches_reference(layer, x, layer.weights.detach(), cotangent, atol=1e-10)
 
 
-@pytest.mark.parametrize(("n_qubits", "n_layers"), GATEWISE_CASES)
-def test_gatewise_simulation_matches_pennylane(n_qubits: int, n_layers: int) -> None:
+FACTORED_CASES = [(1, 2), (2, 1), (3, 3), (4, 2), (5, 4), (6, 1), (7, 2), (8, 3), (9, 2)]
+
+
+@pytest.mark.parametrize(("method", "n_qubits", "n_layers"),
+                         [("gatewise", *case) for case in GATEWISE_CASES] + [("factored", *case) for case in FACTORED_CASES])
+def test_simulation_method_matches_pennylane(method: str, n_qubits: int, n_layers: int) -> None:
     x, weights, cotangent = random_case(n_qubits, n_layers, seed=3 * n_qubits + n_layers)
     x = x.requires_grad_(True)
     w = weights.clone().requires_grad_(True)
-    out = simulate_expvals(x, w, method="gatewise")
+    out = simulate_expvals(x, w, method=method)
     grad_x, grad_w = torch.autograd.grad((out * cotangent).sum(), (x, w))
     expected = reference_outputs_and_grads(x, weights, cotangent)
     for got, want in zip((out, grad_x, grad_w), expected):
         torch.testing.assert_close(got.detach().to(torch.float64), want, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize(("n_qubits", "n_layers"), [(3, 2), (6, 3), (8, 2)])
+def test_factored_simulation_float64_matches_fused_to_1e12(n_qubits: int, n_layers: int) -> None:
+    x, weights, cotangent = random_case(n_qubits, n_layers, seed=n_qubits, dtype=torch.float64)
+    results = []
+    for method in ("factored", "fused"):
+        xx, w = x.clone().requires_grad_(True), weights.clone().requires_grad_(True)
+        out = simulate_expvals(xx, w, method=method)
+        results.append((out.detach(), *torch.autograd.grad((out * cotangent).sum(), (xx, w))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize(("n_qubits", "n_layers"), [(10, 1), (11, 1)])
-def test_torch_backend_at_the_fused_limit_and_beyond_matches_pennylane(n_qubits: int, n_layers: int) -> None:
-    # FUSED_MAX_QUBITS = 10 is the largest dense-block circuit; 11 qubits take the wire-by-wire path.
+def test_torch_backend_at_ten_and_eleven_qubits_matches_pennylane(n_qubits: int, n_layers: int) -> None:
     x, weights, cotangent = random_case(n_qubits, n_layers, seed=n_qubits)
     layer = make_layer(n_qubits, n_layers, weights)
     assert_matches_reference(layer, x[:2], weights, cotangent[:2])
@@ -129,17 +144,17 @@ def test_lightning_backend_matches_reference(n_qubits: int, n_layers: int) -> No
 
 
 def outputs_and_grads(path: str, x: torch.Tensor, weights: torch.Tensor, cotangent: torch.Tensor):
-    """Outputs and gradients through the torch backend, the pennylane backend or the gatewise simulation."""
-    if path == "gatewise":
+    """Outputs and gradients through the torch or pennylane backend, or the gatewise or factored simulation."""
+    if path in ("gatewise", "factored"):
         x = x.detach().clone().requires_grad_(True)
         w = weights.detach().clone().requires_grad_(True)
-        out = simulate_expvals(x, w, method="gatewise")
+        out = simulate_expvals(x, w, method=path)
         return (out.detach(), *torch.autograd.grad((out * cotangent).sum(), (x, w)))
     layer = make_layer(weights.shape[1], weights.shape[0], weights, backend=path)
     return layer_outputs_and_grads(layer, x, cotangent)
 
 
-@pytest.mark.parametrize("path", ["torch", "pennylane", "gatewise"])
+@pytest.mark.parametrize("path", ["torch", "pennylane", "gatewise", "factored"])
 def test_zero_row_acts_as_ground_state_with_zero_input_gradient(path: str) -> None:
     n_qubits, n_layers = 3, 2
     x, weights, cotangent = random_case(n_qubits, n_layers, seed=5)
