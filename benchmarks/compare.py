@@ -1,7 +1,8 @@
 """The paper's comparison from one command: every method on the same partitions, over seeds.
 
     python -m benchmarks.compare --data-path DIR --seeds 5 --rounds R --clients 10 --alpha A --out DIR
-    python -m benchmarks.compare --quick --out DIR          # every arm, small: within 10 minutes here
+    python -m benchmarks.compare --quick --out DIR          # the paper's arms, small: within 10 minutes here
+    python -m benchmarks.compare --arms green --data-path DIR --seeds 3 --out DIR   # the design note's models
 
 Arms (one Flower simulation each, one after another: the local SuperLink uses fixed ports), all
 on the same data, partitions (one seed gives every arm the same clients) and budget:
@@ -13,6 +14,14 @@ on the same data, partitions (one seed gives every arm the same clients) and bud
 - ``centralised``: the hybrid model trained on the pooled training data (the upper reference);
 - ``adeptheq-no-dp``, ``adeptheq-no-he``, ``adeptheq-no-freeze``: AdeptHEQ with one part switched off
   (sample weights instead of DP accuracies; no encryption; no freezing).
+
+Those ten are the default (``--arms paper``). ``--arms green`` runs the ECG design note's models under FedAvg
+beside ``fedavg`` (hybrid) and ``fedavg-classical``: ``fedavg-gated`` (both heads, a learned gate),
+``fedavg-green`` (spiking one-bit pyramid + 8-qubit learned-entanglement circuit, gated, with the note's training:
+AdamW, weight decay 1e-4, cosine restarts, mixed precision on CUDA), ``green-adam`` (the same model with the
+default training) and the green model's ablations (``green-no-spikes``, ``green-real-weights``,
+``green-fixed-entanglement``, ``green-classical-path``, ``green-quantum-path``). Names and groups mix, as in
+``--arms paper,fedavg-gated``.
 
 Each run's final model is its best validation round (``selection-metric``); the table reports the
 test split on it. Where the data have no test records (``../shared/data/ptbxl`` lacks fold 10) the
@@ -63,7 +72,22 @@ ARMS = (
     Arm("adeptheq-no-he", f"strategy='adeptheq' {HYBRID} he-layers='none'", "AdeptHEQ, no encryption"),
     Arm("adeptheq-no-freeze", f"strategy='adeptheq' {HYBRID} freeze-threshold=0.0", "AdeptHEQ, no freezing"),
 )
+PAPER_ARMS = tuple(a.name for a in ARMS)
+NOTE_TRAINING = "optimizer='adamw' weight-decay=0.0001 lr-schedule='cosine-restarts' mixed-precision=true"
+GREEN = f"strategy='fedavg' model='green' {NOTE_TRAINING}"
+ARMS += (
+    Arm("fedavg-gated", "strategy='fedavg' model='gated'", "FedAvg, the hybrid and classical heads fused by a gate"),
+    Arm("fedavg-green", GREEN, "FedAvg, the design note's green model and training"),
+    Arm("green-adam", "strategy='fedavg' model='green'", "the green model with the default training (Adam)"),
+    Arm("green-no-spikes", f"{GREEN} green-spiking=false", "green, ReLU stages instead of spiking neurons"),
+    Arm("green-real-weights", f"{GREEN} green-binary=false", "green, real weights instead of one-bit ones"),
+    Arm("green-fixed-entanglement", f"{GREEN} green-entanglement='fixed'", "green, no attention: fixed couplings"),
+    Arm("green-classical-path", f"{GREEN} green-paths='classical'", "green, the spiking path alone"),
+    Arm("green-quantum-path", f"{GREEN} green-paths='quantum'", "green, the quantum path alone"),
+)
 ARM_NAMES = tuple(a.name for a in ARMS)
+ARM_GROUPS = {"paper": PAPER_ARMS,
+              "green": ("fedavg", "fedavg-classical") + tuple(a.name for a in ARMS if a.name not in PAPER_ARMS)}
 QUICK = {"seeds": 1, "rounds": 3, "local_epochs": 1, "clients": 3, "central_epochs": 3}
 METRICS = ("loss", "accuracy", "macro-f1", "macro-auc")
 
@@ -93,6 +117,7 @@ def summarise_run(metrics: dict, clients: int) -> dict:
         "seconds_per_round": metrics.get("total_seconds", math.nan) / len(rounds),
         "epsilon": privacy.get("best"),
         "validation_auc": [r["validation"].get("macro-auc") for r in rounds],
+        "fusion_alpha": (rounds[-1].get("model") or {}).get("fusion-alpha"),
         "bytes_per_round": [r["bytes"]["train_up"] + r["bytes"]["train_down"] for r in rounds],
     }
 
@@ -107,7 +132,7 @@ def summarise_centralised(result: dict) -> dict:
     return {"chosen_round": result["best_epoch"], "no_test_split": no_test, "chosen": pick(chosen),
             "last": pick(history[-1]) if no_test else {}, "bytes_per_client_round": 0.0,
             "seconds_per_round": result["seconds"] / len(history), "epsilon": None,
-            "validation_auc": [h.get("macro_auc") for h in history], "bytes_per_round": []}
+            "validation_auc": [h.get("macro_auc") for h in history], "bytes_per_round": [], "fusion_alpha": None}
 
 
 def _same_config(stored: dict, expected: dict) -> bool:
@@ -173,8 +198,8 @@ def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
         if ok:
             for part in ("chosen", "last"):
                 entry[part] = {k: _mean_std([r[part].get(k) for r in ok if r[part]]) for k in METRICS}
-            for key in ("bytes_per_client_round", "seconds_per_round", "epsilon"):
-                entry[key] = _mean_std([r[key] for r in ok])
+            for key in ("bytes_per_client_round", "seconds_per_round", "epsilon", "fusion_alpha"):
+                entry[key] = _mean_std([r.get(key) for r in ok])
             entry["chosen_round"] = [r["chosen_round"] for r in ok]
             entry["no_test_split"] = any(r["no_test_split"] for r in ok)
             for key in ("validation_auc", "bytes_per_round"):  # per round, mean over seeds
@@ -207,19 +232,22 @@ def markdown(table: dict, args: argparse.Namespace, command: str) -> str:
              "deviation over seeds; the model of each run is its best validation round. \"minus fedavg's\": the "
              "arm's macro-AUC minus fedavg's on the same seed (same partitions), averaged.", "",
              "| arm | loss | accuracy | macro-F1 | macro-AUC | minus fedavg's, same seed | macro-AUC, last round | "
-             "bytes / client / round | s / round | epsilon | chosen rounds |", "|" + "---|" * 11]
+             "bytes / client / round | s / round | epsilon | gate alpha, last round | chosen rounds |",
+             "|" + "---|" * 12]
     for arm in table:
         e = table[arm]
         if "chosen" not in e:
-            lines.append(f"| {arm} | failed: {'; '.join(e['failed'])} | | | | | | | | | |")
+            lines.append(f"| {arm} | failed: {'; '.join(e['failed'])} | | | | | | | | | | |")
             continue
         c = e["chosen"]
         eps = "-" if math.isnan(e["epsilon"][0]) else f"{e['epsilon'][0]:.2f}"
+        alpha = e.get("fusion_alpha", (math.nan, 0))
+        alpha = "-" if math.isnan(alpha[0]) else _pm(alpha, 2)
         lines.append(f"| {arm} | {_pm(c['loss'])} | {_pm(c['accuracy'])} | {_pm(c['macro-f1'])} | "
                      f"{_pm(c['macro-auc'])} | {_pm(e.get('auc_minus_fedavg', (math.nan, 0)))} | "
                      f"{_pm(e['last'].get('macro-auc', (math.nan, 0)))} | "
                      f"{e['bytes_per_client_round'][0] / 1e3:,.1f} kB | {e['seconds_per_round'][0]:.1f} | {eps} | "
-                     f"{e['chosen_round']} |")
+                     f"{alpha} | {e['chosen_round']} |")
     lines += ["", "Arms: " + "; ".join(f"`{a.name}`: {a.what}" for a in args.arm_list), ""]
     return "\n".join(lines)
 
@@ -258,13 +286,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the partitions")
     parser.add_argument("--central-epochs", type=int, default=20)
     parser.add_argument("--synthetic-records", type=int, default=1000, help="size of the built-in set")
-    parser.add_argument("--arms", default=",".join(ARM_NAMES), help=f"comma-separated, from {', '.join(ARM_NAMES)} "
+    parser.add_argument("--arms", default="paper", help=f"comma-separated names from {', '.join(ARM_NAMES)}, or "
+                        f"groups {', '.join(f'{g} ({len(a)} arms)' for g, a in ARM_GROUPS.items())} "
                         "(empty with --extra-arm: those only)")
     parser.add_argument("--run-config", default="", help="further run config keys for every arm")
     parser.add_argument("--extra-arm", action="append", default=[], metavar="NAME=RUN_CONFIG",
                         help="one more federated arm (a study's variant), e.g. \"adeptheq-hamming=strategy='adeptheq' "
                              "dp-score='hamming'\"; repeatable")
-    parser.add_argument("--quick", action="store_true", help=f"every arm, small: {QUICK}")
+    parser.add_argument("--quick", action="store_true", help=f"the chosen arms, small: {QUICK}")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true",
                         help="read the runs already finished under --out with the same run config instead of rerunning")
@@ -272,10 +301,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = [name for a in args.arms.split(",") if a.strip() for name in ARM_GROUPS.get(a.strip(), (a.strip(),))]
     unknown = [a for a in arms if a not in ARM_NAMES]
     if unknown or not (arms or args.extra_arm):
-        parser.error(f"--arms {args.arms!r}: expected a comma-separated list from {', '.join(ARM_NAMES)}")
+        parser.error(f"--arms {args.arms!r}: expected a comma-separated list from {', '.join(ARM_NAMES)} or the "
+                     f"groups {', '.join(ARM_GROUPS)}")
     for key in ("seeds", "rounds", "local_epochs", "clients", "central_epochs"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} {getattr(args, key)}: expected an integer >= 1")

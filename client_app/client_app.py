@@ -26,7 +26,7 @@ from client_app.split_steps import split_activations, split_evaluate, split_read
 from client_app.layer_encryption import encrypted_layers_record, load_encrypted_layers
 from common.config import NodeConfig, RunConfig
 from common.instructions import (SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOUTS, SPLIT_STEP, SPLIT_WEIGHTS,
-                                 EvaluateInstructions, TrainInstructions, split_report_metrics)
+                                 FUSION_ALPHA, EvaluateInstructions, TrainInstructions, split_report_metrics)
 from common.model import ECGNet, build_model, load_arrays, state_by_layer
 from common.privacy import LaplaceAccuracyRelease
 from common.task import evaluate, predict, train_local
@@ -77,7 +77,8 @@ def train(msg: Message, context: Context) -> Message:
     seed = cfg.seed * 100_003 + orders.server_round * 101 + node.partition_id
     result = train_local(model, data.x_train, data.y_train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                          learning_rate=cfg.learning_rate, seed=seed, task=task, frozen_layers=frozen,
-                         device=_device())
+                         device=_device(), optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                         lr_schedule=cfg.lr_schedule, mixed_precision=cfg.mixed_precision)
     metrics = {"num-examples": result["num_examples"], "train-loss": result["train_loss"],
                "train-seconds": time.time() - t0}
     if orders.dp_accuracy_epsilon > 0:
@@ -104,6 +105,8 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     model = build_model(cfg)
     changes = _restore_global(model, msg, context, node, orders.sim_key_dir)
     metrics: dict[str, float] = {f"delta-rms-{layer}": value for layer, value in changes.items()}
+    if model.fusion_alpha is not None:
+        metrics[FUSION_ALPHA] = model.fusion_alpha
     task = dataset_spec(node.dataset_for(cfg)).task
     for split in orders.splits:
         x, y = split_arrays(cfg, node, split)

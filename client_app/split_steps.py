@@ -68,7 +68,7 @@ class SplitClient:
         self.extractor, self.top = parts.extractor, parts.top
         self.layers = client_layers(self.model, orders.cut, orders.variant)
         self.pieces = nn.ModuleDict({"extractor": self.extractor, **({"top": self.top} if self.top else {})})
-        self.optimisers = {name: optimiser_for(piece.parameters(), "adam", cfg.learning_rate)
+        self.optimisers = {name: optimiser_for(piece.parameters(), cfg.optimizer, cfg.learning_rate, cfg.weight_decay)
                            for name, piece in self.pieces.items()}
         self.initial = self.weights()  # every client builds the same seeded model: the first global
         kept = context.state.get(STATE_WEIGHTS)

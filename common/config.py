@@ -17,6 +17,10 @@ from data_prep.registry import DATASETS, check_data_folder
 
 
 
+GREEN_KEYS = ("green_qubits", "green_layers", "green_steps", "green_spiking", "green_binary", "green_entanglement",
+              "green_paths")
+
+
 class ConfigError(ValueError):
     """A run or node configuration value is invalid."""
 
@@ -72,14 +76,26 @@ class RunConfig(BaseModel):
     window_seconds: float = Field(0.0, ge=0.0, le=3600.0)  # windowed data sets: 0 means the data set's default
     window_step_seconds: float = Field(0.0, ge=0.0, le=3600.0)
     # model
-    model: Literal["hybrid", "classical"] = "hybrid"
+    model: Literal["hybrid", "classical", "gated", "green"] = "hybrid"
     n_qubits: int = Field(4, ge=1, le=10)
     n_layers: int = Field(2, ge=1, le=10)
     quantum_backend: Literal["torch", "pennylane"] = "torch"
+    # the green model (the ECG design note): its circuit and its ablations
+    green_qubits: int = Field(8, ge=2, le=10)
+    green_layers: int = Field(3, ge=1, le=10)
+    green_steps: int = Field(4, ge=1, le=64)  # time steps the window is presented to the spiking stages
+    green_spiking: bool = True  # False: ReLU stages instead of leaky integrate-and-fire neurons
+    green_binary: bool = True  # False: real convolution weights instead of one-bit ones
+    green_entanglement: Literal["learned", "fixed"] = "learned"  # fixed: every pair at half strength, no attention
+    green_paths: Literal["both", "classical", "quantum"] = "both"  # one path alone: no gate
     # local training
     local_epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=65536)
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)  # adam: L2 penalty; adamw: decoupled decay
+    lr_schedule: Literal["constant", "cosine-restarts"] = "constant"  # cosine-restarts: one cosine cycle per round
+    mixed_precision: bool = False  # float16 autocast on a CUDA client (quantum circuits stay float32); CPU: no effect
     # federation
     num_server_rounds: int = Field(20, ge=1, le=100_000)
     strategy: Literal["fedavg", "adeptheq", "fhe-fedqnn"] = "adeptheq"
@@ -105,7 +121,7 @@ class RunConfig(BaseModel):
     # split learning (mode = "split"): client extractors, a shared server head
     mode: Literal["federated", "split"] = "federated"
     split_variant: Literal["plain", "u-shaped"] = "plain"
-    split_cut: Literal["conv2", "conv3", "conv4"] = "conv4"
+    split_cut: Literal["conv2", "conv3", "conv4", "stage3"] = Field("conv4", validate_default=True)  # green: stage3
     split_micro_batches: int = Field(1, ge=1, le=1024)  # per message: the head steps on each, the client once
     split_server_head: Literal["shared", "per-client"] = "shared"  # per-client: copies averaged at round end
     split_datasets: str = ""  # U-shaped: data sets simulated clients take in turn (a node config dataset overrides)
@@ -132,10 +148,35 @@ class RunConfig(BaseModel):
 
     @field_validator("mode")
     @classmethod
-    def _split_needs_the_hybrid_head(cls, value: str, info: ValidationInfo) -> str:
-        if value == "split" and info.data.get("model") != "hybrid":
-            raise ValueError(f"'federated' with model '{info.data.get('model')}' (split learning puts the quantum "
-                             "head on the server: model 'hybrid')")
+    def _split_needs_a_quantum_head(cls, value: str, info: ValidationInfo) -> str:
+        if value == "split" and info.data.get("model") == "classical":
+            raise ValueError("'federated' with model 'classical' (split learning puts the quantum head on the "
+                             "server: model 'hybrid', 'gated' or 'green')")
+        if value == "split" and info.data.get("model") == "green" and info.data.get("green_paths") == "classical":
+            raise ValueError("'federated' with green-paths 'classical' (split learning puts the quantum head on the "
+                             "server)")
+        return value
+
+    @field_validator("split_variant")
+    @classmethod
+    def _u_shape_needs_the_hybrid_head(cls, value: str, info: ValidationInfo) -> str:
+        if value == "u-shaped" and info.data.get("mode") == "split" and info.data.get("model") != "hybrid":
+            raise ValueError(f"'plain' with model '{info.data.get('model')}' (the U-shaped variant returns the "
+                             "quantum read-outs to the client's final layer; a gated model's fusion needs both paths "
+                             "there, which is not built: use model 'hybrid' or split-variant 'plain')")
+        return value
+
+    @field_validator("split_cut")
+    @classmethod
+    def _cut_of_the_model(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("mode") != "split":
+            return value
+        if info.data.get("model") == "green" and value != "stage3":
+            raise ValueError("'stage3' with model 'green' (the client runs the whole spiking pyramid and sends its "
+                             "firing rates; an earlier cut would send spike trains per step, which is not built)")
+        if info.data.get("model") != "green" and value == "stage3":
+            raise ValueError(f"one of 'conv2', 'conv3', 'conv4' with model '{info.data.get('model')}' ('stage3' is "
+                             "the green model's cut)")
         return value
 
     @field_validator("split_datasets")
@@ -192,6 +233,15 @@ class RunConfig(BaseModel):
         if not names:
             raise ValueError("a comma-separated list of layer names (e.g. 'fc' or 'proj,fc'), 'all' or 'none'")
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _green_keys_need_the_green_model(self) -> "RunConfig":
+        if self.model != "green":
+            changed = [name for name in GREEN_KEYS if getattr(self, name) != type(self).model_fields[name].default]
+            if changed:
+                raise ValueError(f"{', '.join(_kebab(n) for n in changed)} at their defaults with model "
+                                 f"'{self.model}' (they shape model 'green' only)")
+        return self
 
     @property
     def val_subject_ids(self) -> tuple[str, ...]:

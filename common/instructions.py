@@ -123,6 +123,10 @@ def split_report_metrics(split: str, report: dict) -> dict:
     return {f"{split}-{k.replace('_', '-')}": v if isinstance(v, list) else float(v) for k, v in report.items()}
 
 
+# An evaluate reply's figures of the global model itself (not of a split), prefixed "model-":
+FUSION_ALPHA = "model-fusion-alpha"  # a gated model's alpha, the weight of its quantum path
+
+
 def metrics_of_split(metrics: dict, split: str) -> dict:
     """The figures of one split in an evaluate reply's metrics, without the split prefix."""
     return {k.removeprefix(f"{split}-"): v for k, v in metrics.items() if k.startswith(f"{split}-")}
@@ -141,7 +145,7 @@ ACTIVATIONS, LABELS, GRADIENTS = "activations", "labels", "gradients"
 READOUTS, READOUT_GRADIENTS, OUTPUTS = "readouts", "readout-gradients", "outputs"
 SPLIT_VARIANT, SPLIT_CUT, MICRO_BATCHES, DONE = "split-variant", "split-cut", "micro-batches", "done"
 DATASET = "dataset"  # a client's split replies: the data set its pieces belong to
-SPLIT_VARIANTS, SPLIT_CUTS = ("plain", "u-shaped"), ("conv2", "conv3", "conv4")
+SPLIT_VARIANTS, SPLIT_CUTS = ("plain", "u-shaped"), ("conv2", "conv3", "conv4", "stage3")  # stage3: the green model
 LOCAL_VAL = "local-val"  # a client's own validation share: what its DP accuracy is computed on
 
 

@@ -166,12 +166,13 @@ class LearnedEntanglementHead(nn.Module):
 
     Parameters: ``weights`` (L, n, 2) ~ init_scale * N(0, 1); ``layer_gain`` (L,) = 1; the attention's
     ``feature_vector`` u (d,), ``wire_embedding`` (n, d), ``query`` and ``key`` (d x d, no bias). After a forward pass
-    ``strengths`` holds s_ij (B, P) for ``wire_pairs(n)``, detached.
+    ``strengths`` holds s_ij (B, P) for ``wire_pairs(n)``, detached. ``learned=False`` (the ablation) drops the
+    attention: every pair gets s_ij = 1/2, the same couplings for every input.
     """
 
     def __init__(self, n_qubits: int = 8, n_layers: int = 3, attention_dim: int = 8, backend: str = "torch",
                  device: str = "default.qubit", init_scale: float = 0.1,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, learned: bool = True) -> None:
         super().__init__()
         for name, value in (("n_qubits", n_qubits), ("n_layers", n_layers), ("attention_dim", attention_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -185,15 +186,18 @@ class LearnedEntanglementHead(nn.Module):
         def draw(*shape: int, scale: float) -> nn.Parameter:
             return nn.Parameter(scale * torch.randn(shape, generator=generator))
 
+        self.learned = learned
         self.weights = draw(n_layers, n_qubits, 2, scale=init_scale)
         self.layer_gain = nn.Parameter(torch.ones(n_layers))
-        self.feature_vector = draw(attention_dim, scale=1.0)
-        self.wire_embedding = draw(n_qubits, attention_dim, scale=1.0)
-        self.query = nn.Linear(attention_dim, attention_dim, bias=False)
-        self.key = nn.Linear(attention_dim, attention_dim, bias=False)
-        with torch.no_grad():
-            for linear in (self.query, self.key):
-                linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) / math.sqrt(attention_dim))
+        if learned:
+            self.feature_vector = draw(attention_dim, scale=1.0)
+            self.wire_embedding = draw(n_qubits, attention_dim, scale=1.0)
+            self.query = nn.Linear(attention_dim, attention_dim, bias=False)
+            self.key = nn.Linear(attention_dim, attention_dim, bias=False)
+            with torch.no_grad():
+                for linear in (self.query, self.key):
+                    scaled = torch.randn(linear.weight.shape, generator=generator) / math.sqrt(attention_dim)
+                    linear.weight.copy_(scaled)
         pairs = wire_pairs(n_qubits)
         self.register_buffer("_first", torch.tensor([i for i, _ in pairs]), persistent=False)
         self.register_buffer("_second", torch.tensor([j for _, j in pairs]), persistent=False)
@@ -201,7 +205,9 @@ class LearnedEntanglementHead(nn.Module):
         self._circuit = _pennylane_qnode(n_qubits, n_layers, device) if backend == "pennylane" else None
 
     def pair_strengths(self, h: Tensor) -> Tensor:
-        """s_ij (B, P) in (0, 1) from features h (B, n), symmetric in i and j."""
+        """s_ij (B, P) in (0, 1) from features h (B, n), symmetric in i and j (1/2 everywhere when not learned)."""
+        if not self.learned:
+            return torch.full((h.shape[0], self._first.numel()), 0.5, dtype=h.dtype, device=h.device)
         tokens = h[:, :, None] * self.feature_vector + self.wire_embedding  # (B, n, d)
         q, k = self.query(tokens), self.key(tokens)
         scores = (q @ k.transpose(1, 2)) / math.sqrt(self.attention_dim)  # (B, n, n)
@@ -217,7 +223,7 @@ class LearnedEntanglementHead(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"n_qubits={self.n_qubits}, n_layers={self.n_layers}, attention_dim={self.attention_dim}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}, learned={self.learned}")
 
     def forward(self, h: Tensor) -> Tensor:
         if h.ndim != 2 or h.shape[-1] != self.n_qubits or not h.is_floating_point():

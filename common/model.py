@@ -1,14 +1,18 @@
-"""The hybrid classical-quantum ECG classifier and its classical twin.
+"""The hybrid classical-quantum ECG classifier, its classical twin and the gated dual path.
 
 ``ECGNet`` = Conv1D feature extractor over a (channels, T) window -> global average pool ->
-``proj`` (linear map to 2**n_qubits features) -> head -> ``fc`` (one logit per class). The
+``proj`` (linear map to 2**n_qubits features) -> head -> one logit per class. The
 channel and class counts come from the data set's ``DatasetSpec``.
 Hybrid head: amplitude embedding + StronglyEntanglingLayers + Pauli-Z read-out
 (``common.quantum.QuantumLayer``), so ``fc`` maps n_qubits read-outs to the classes.
 Classical head: tanh on the 2**n_qubits features, so ``fc`` maps 2**n_qubits to the classes.
+Gated head (the ECG design note's fusion on today's paths): both heads on the same features,
+``out = (1 - alpha) * classical_fc(tanh(z)) + alpha * fc(quantum(z))`` with ``alpha = sigmoid(gate)``,
+``gate`` (``FusionGate``) one learned number starting at 0 (alpha = 1/2).
 
 Parameters are grouped into named *layers* (``conv1`` .. ``conv4``, ``proj``, ``quantum``,
-``fc``): the unit the strategy encrypts, freezes and leaves off the wire.
+``fc``, and ``classical_fc``, ``gate`` when gated): the unit the strategy encrypts, freezes and
+leaves off the wire. ``build_model`` also builds the note's spiking model (``common.green_model``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,32 @@ from torch import nn
 from common.quantum import QuantumLayer
 from data_prep.registry import dataset_spec
 
-QUANTUM_LAYERS = frozenset({"quantum"})
+MODELS = ("hybrid", "classical", "gated", "green")
+QUANTUM_LAYERS = frozenset({"quantum"})  # every model's quantum circuit: never frozen
+
+
+def in_float32(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) in float32 even under autocast: a state-vector simulation in float16 loses the read-out."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return module(x.float())
+    return module(x)
+
+
+class FusionGate(nn.Module):
+    """``(1 - alpha) * classical + alpha * quantum`` with ``alpha = sigmoid(logit)``, ``logit`` learned from 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit = nn.Parameter(torch.zeros(1))
+
+    @property
+    def alpha(self) -> float:
+        return float(torch.sigmoid(self.logit.detach()))
+
+    def forward(self, classical: torch.Tensor, quantum: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.logit)
+        return (1 - alpha) * classical + alpha * quantum.to(classical.dtype)
 
 
 def _conv_block(c_in: int, c_out: int, kernel: int, pool: int) -> nn.Sequential:
@@ -35,45 +64,77 @@ def _conv_block(c_in: int, c_out: int, kernel: int, pool: int) -> nn.Sequential:
     )
 
 
-class ECGNet(nn.Module):
+class LayeredModel(nn.Module):
+    """A model whose parameters group into named layers: the first component of each parameter's name."""
+
+    def layer_names(self) -> list[str]:
+        return list(OrderedDict.fromkeys(name.split(".")[0] for name, _ in self.named_parameters()))
+
+
+class ECGNet(LayeredModel):
     """Conv1D extractor + hybrid (quantum) or classical head for multi-label ECG."""
+
+    BLOCKS = ("conv1", "conv2", "conv3", "conv4")
+    HEADS = ("hybrid", "classical", "gated")
 
     def __init__(self, in_channels: int, num_classes: int, head: str = "hybrid", n_qubits: int = 4,
                  n_layers: int = 2, quantum_backend: str = "torch", width: int = 32) -> None:
         super().__init__()
-        if head not in ("hybrid", "classical"):
-            raise ValueError(f"head must be 'hybrid' or 'classical', got {head!r}")
+        if head not in self.HEADS:
+            raise ValueError(f"head must be one of {self.HEADS}, got {head!r}")
         self.head = head
+        self.num_classes = num_classes
         self.n_qubits = n_qubits
         self.conv1 = _conv_block(in_channels, width, 7, 4)
         self.conv2 = _conv_block(width, width, 5, 4)
         self.conv3 = _conv_block(width, 2 * width, 5, 2)
         self.conv4 = _conv_block(2 * width, 2 * width, 3, 1)
         self.proj = nn.Linear(2 * width, 2 ** n_qubits)
-        if head == "hybrid":
+        if head in ("hybrid", "gated"):
             self.quantum = QuantumLayer(n_qubits, n_layers, backend=quantum_backend)
             self.fc = nn.Linear(n_qubits, num_classes)
         else:
             self.fc = nn.Linear(2 ** n_qubits, num_classes)
+        if head == "gated":
+            self.classical_fc = nn.Linear(2 ** n_qubits, num_classes)
+            self.gate = FusionGate()
+        self.head_layers = tuple(n for n in ("proj", "quantum", "fc", "classical_fc", "gate") if hasattr(self, n))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The extractor's time-averaged output: (B, channels, T) -> (B, 2 * width)."""
+        return self.conv4(self.conv3(self.conv2(self.conv1(x)))).mean(dim=-1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Classical part up to the quantum input: (B, channels, T) -> (B, 2**n_qubits)."""
-        h = self.conv4(self.conv3(self.conv2(self.conv1(x))))
-        return self.proj(h.mean(dim=-1))
+        return self.proj(self.pooled(x))
+
+    @staticmethod
+    def head_forward(owner: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled features through ``owner``'s head layers (an ECGNet, or a split head holding them)."""
+        z = owner.proj(h)
+        if owner.head == "classical":
+            return owner.fc(torch.tanh(z))
+        quantum = owner.fc(in_float32(owner.quantum, z))
+        return quantum if owner.head == "hybrid" else owner.gate(owner.classical_fc(torch.tanh(z)), quantum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.features(x)
-        z = self.quantum(z) if self.head == "hybrid" else torch.tanh(z)
-        return self.fc(z)
+        return self.head_forward(self, self.pooled(x))
 
-    def layer_names(self) -> list[str]:
-        return list(OrderedDict.fromkeys(name.split(".")[0] for name, _ in self.named_parameters()))
+    @property
+    def fusion_alpha(self) -> float | None:
+        """The gate's alpha (weight of the quantum path), or None without a gate."""
+        return self.gate.alpha if self.head == "gated" else None
 
-
-def build_model(cfg) -> ECGNet:
+def build_model(cfg) -> nn.Module:
     """Model for a ``RunConfig``, shaped by its data set's spec; the seed gives every client the same start."""
     spec = dataset_spec(cfg.dataset)
     torch.manual_seed(cfg.seed)
+    if cfg.model == "green":
+        from common.green_model import GreenNet  # imports snntorch: only the green model needs it
+
+        return GreenNet(spec.num_channels, spec.num_classes, n_qubits=cfg.green_qubits, n_layers=cfg.green_layers,
+                        spiking=cfg.green_spiking, binary=cfg.green_binary, entanglement=cfg.green_entanglement,
+                        paths=cfg.green_paths, num_steps=cfg.green_steps, quantum_backend=cfg.quantum_backend)
     return ECGNet(spec.num_channels, spec.num_classes, head=cfg.model, n_qubits=cfg.n_qubits, n_layers=cfg.n_layers,
                   quantum_backend=cfg.quantum_backend)
 

@@ -23,7 +23,7 @@ from data_prep.registry import DEFAULT_DATASET, dataset_spec
 ROUND_COLUMNS = [
     "round", "seconds", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_macro_auc",
     "train_down_bytes", "train_up_bytes", "eval_down_bytes", "eval_up_bytes", "n_frozen", "dropped",
-    "weight_min", "weight_max", "effective_clients",
+    "weight_min", "weight_max", "effective_clients", "fusion_alpha",
 ]
 
 
@@ -93,6 +93,7 @@ class RunRecorder:
                     "n_frozen": len(r["frozen_layers"]), "dropped": len(r["dropped"]),
                     "weight_min": spread.get("min"), "weight_max": spread.get("max"),
                     "effective_clients": spread.get("effective_clients"),
+                    "fusion_alpha": (r.get("model") or {}).get("fusion-alpha"),
                 })
 
     def plot(self) -> Path:
@@ -115,6 +116,9 @@ class RunRecorder:
         axes[0].set_xlabel("round"); axes[0].set_title("loss"); axes[0].legend()
         for key in ("accuracy", "macro-f1", "macro-auc"):
             axes[1].plot(xs, series("validation", key), marker="o", label=key)
+        if any((r.get("model") or {}).get("fusion-alpha") is not None for r in rounds):
+            alphas = [(r.get("model") or {}).get("fusion-alpha", np.nan) for r in rounds]
+            axes[1].plot(xs, alphas, linestyle="--", label="fusion alpha (quantum weight)")
         axes[1].set_xlabel("round"); axes[1].set_title(spec.split_label("val")); axes[1].legend()
         axes[1].set_ylim(0, 1)
         up = [r["bytes"]["train_up"] / 1e6 for r in rounds]

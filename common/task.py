@@ -1,4 +1,4 @@
-"""Local training and evaluation of an ``ECGNet`` on in-memory arrays (Flower's ``task.py``).
+"""Local training and evaluation of a model (``common.model``) on in-memory arrays (Flower's ``task.py``).
 
 The data set's task picks the loss and the output map (``data_prep.spec``):
 - ``multilabel``: binary cross-entropy per class on the logits; probabilities are sigmoids;
@@ -40,33 +40,52 @@ def loss_function(task: str):
     return lambda logits, onehot: cross_entropy(logits, onehot.argmax(dim=1))
 
 
-OPTIMISERS = ("adam", "sgd")
+OPTIMISERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine-restarts")
 
 
-def optimiser_for(params, name: str, learning_rate: float) -> torch.optim.Optimizer:
-    """Adam (the default everywhere) or plain SGD (no momentum: what the split equivalence test compares)."""
+def optimiser_for(params, name: str, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (the default everywhere; weight_decay is an L2 penalty), AdamW (decoupled weight decay, the ECG design
+    note's) or plain SGD (no momentum: what the split equivalence test compares)."""
     if name not in OPTIMISERS:
         raise ValueError(f"optimiser {name!r}: expected one of {OPTIMISERS}")
     params = list(params)
-    return torch.optim.Adam(params, lr=learning_rate) if name == "adam" else torch.optim.SGD(params, lr=learning_rate)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
 
 
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 learning_rate: float, seed: int, task: str,
-                frozen_layers: frozenset[str] = frozenset(), device: str = "cpu") -> dict[str, float]:
-    """Adam on the task's loss; frozen layers get no gradient at all.
+                frozen_layers: frozenset[str] = frozenset(), device: str = "cpu", optimizer: str = "adam",
+                weight_decay: float = 0.0, lr_schedule: str = "constant",
+                mixed_precision: bool = False) -> dict[str, float]:
+    """The optimiser on the task's loss; frozen layers get no gradient at all.
 
-    Returns the mean training loss of the last epoch and the number of examples.
+    ``lr_schedule="cosine-restarts"``: the learning rate follows one cosine from ``learning_rate`` to 0 over this
+    call's batches (``CosineAnnealingWarmRestarts`` with the cycle one round's local training), so every round
+    restarts it: SGDR (Loshchilov and Hutter, ICLR 2017) with the round as the cycle. ``mixed_precision``: float16
+    autocast with a gradient scaler on CUDA; ignored on the CPU. Returns the mean training loss of the last epoch
+    and the number of examples.
     """
     if len(x) == 0:
         raise ValueError("cannot train on an empty partition")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {lr_schedule!r}: expected one of {LR_SCHEDULES}")
     model.to(device).train()
     trainable = []
     for name, param in model.named_parameters():
         param.requires_grad_(layer_of(name) not in frozen_layers)
         if param.requires_grad:
             trainable.append(param)
-    optimizer = torch.optim.Adam(trainable, lr=learning_rate)
+    optim = optimiser_for(trainable, optimizer, learning_rate, weight_decay)
+    steps = epochs * math.ceil(len(x) / batch_size)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optim, T_0=steps)
+                if lr_schedule == "cosine-restarts" else None)
+    amp = mixed_precision and str(device).startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = loss_function(task)
     rng = np.random.default_rng(seed)
     xt = torch.as_tensor(x)
@@ -76,10 +95,14 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
         total, count = 0.0, 0
         for idx in _batches(len(x), batch_size, rng):
             xb, yb = xt[idx].to(device), yt[idx].to(device)
-            optimizer.zero_grad()
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            optimizer.step()
+            optim.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                loss = loss_fn(model(xb).float(), yb)
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+            if schedule is not None:
+                schedule.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         last_loss = total / count
@@ -97,7 +120,7 @@ def predict(model: nn.Module, x: np.ndarray, task: str, batch_size: int = 256,
     squash = torch.sigmoid if task == "multilabel" else (lambda z: torch.softmax(z, dim=1))
     out = [squash(model(torch.as_tensor(x[idx]).to(device))).cpu().numpy()
            for idx in _batches(len(x), batch_size, None)]
-    return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), dtype=np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes), dtype=np.float32)
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str,

@@ -47,13 +47,14 @@ class SplitHeadTrainer:
     """One head, its optimiser, and the graphs of U-shaped forwards awaiting their gradients."""
 
     def __init__(self, head: ServerHead, activation_shape: tuple[int, ...], task: str, *, optimiser: str = "adam",
-                 learning_rate: float = 1e-3, device: str | None = None) -> None:
+                 learning_rate: float = 1e-3, weight_decay: float = 0.0, device: str | None = None) -> None:
         self.device = device or head_device()
         self.head = head.to(self.device).train()
         self.activation_shape = tuple(activation_shape)  # per example, as the client's cut gives it
         self.task, self.optimiser_name, self.learning_rate = task, optimiser, learning_rate
+        self.weight_decay = weight_decay
         self.loss_fn = loss_function(task)
-        self.optimiser = optimiser_for(self.head.parameters(), optimiser, learning_rate)
+        self.optimiser = optimiser_for(self.head.parameters(), optimiser, learning_rate, weight_decay)
         self.optimiser.zero_grad()
         self._pending: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (node, micro-batch)
 
@@ -64,7 +65,8 @@ class SplitHeadTrainer:
     def copy(self) -> SplitHeadTrainer:
         """A copy of the head with a fresh optimiser (per-client heads, averaged at round end)."""
         return SplitHeadTrainer(copy.deepcopy(self.head), self.activation_shape, self.task,
-                                optimiser=self.optimiser_name, learning_rate=self.learning_rate, device=self.device)
+                                optimiser=self.optimiser_name, learning_rate=self.learning_rate,
+                                weight_decay=self.weight_decay, device=self.device)
 
     def load_average(self, copies: list[SplitHeadTrainer], weights: list[float]) -> None:
         """Set the head to the ``weights``-weighted mean of the copies' parameters."""
@@ -76,7 +78,7 @@ class SplitHeadTrainer:
     def plain_step(self, activations: np.ndarray, labels: np.ndarray, node: int) -> tuple[np.ndarray, float]:
         """(dL/da, L) for one batch; the head's optimiser has stepped."""
         a = self._activations(activations, node)
-        out_dim = self.head.fc.out_features
+        out_dim = self.head.num_classes
         y = torch.as_tensor(_checked(labels, (a.shape[0], out_dim), "labels", node), dtype=torch.float32,
                             device=self.device)
         self.optimiser.zero_grad()

@@ -74,7 +74,8 @@ class SplitRun:
         with torch.no_grad():
             shape = tuple(parts.extractor(torch.zeros(1, spec.num_channels,
                                                       spec.window_samples(cfg.sampling_rate))).shape[1:])
-        self.head = SplitHeadTrainer(parts.head, shape, spec.task, learning_rate=cfg.learning_rate)
+        self.head = SplitHeadTrainer(parts.head, shape, spec.task, optimiser=cfg.optimizer,
+                                     learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.output_width = spec.num_classes if cfg.split_variant == "plain" else cfg.n_qubits
         self.meter, self.energy_note = None, "the head runs on the CPU; NVML measures GPUs only"
         if self.head.device == "cuda":
@@ -239,6 +240,10 @@ class SplitRun:
                                 dst_node_id=node, message_type=f"{MessageType.TRAIN}.{SPLIT_STEP}")
                         for node, gs in sorted(grads.items()) if node in active]
         kept = [n for n in nodes if n not in self._dropped]  # a dropped node's pieces stay out of the average
+        if len(kept) < min(self.cfg.min_clients, len(nodes)):  # as a federated round: too few clients fail the run
+            raise RoundFailed(f"round {server_round}: {len(kept)} of {len(nodes)} clients went through the split "
+                              f"exchange without an error, min-clients is {self.cfg.min_clients}; "
+                              f"{'; '.join(log_.dropped[:3])}")
         kept = self._average(server_round, kept, log_)
         if self.cfg.split_server_head == "per-client":
             self._merge_copies({n: c for n, c in processed.items() if n not in self._dropped})
@@ -252,6 +257,8 @@ class SplitRun:
             split["energy_note"] = self.energy_note
         log_.train.update({"loss": float(np.mean(losses)) if losses else float("nan"), "clients": len(kept),
                            "examples": examples})
+        if hasattr(self.head.head, "gate"):  # a gated model's fusion sits in the server's head
+            log_.model["fusion-alpha"] = self.head.head.gate.alpha
         if kept:
             self._evaluate(server_round, kept, log_)
             self.selector.observe(server_round, log_.validation, self._snapshot)

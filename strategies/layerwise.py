@@ -72,6 +72,7 @@ class RoundLog:
     bytes: dict = field(default_factory=lambda: {"train_down": 0, "train_up": 0, "eval_down": 0, "eval_up": 0})
     seconds: float = 0.0
     layer_scores: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # figures of the global model itself, e.g. a gate's fusion-alpha
 
 
 class LayerwiseStrategy(Strategy):
@@ -293,6 +294,7 @@ class LayerwiseStrategy(Strategy):
             current.bytes["eval_up"] += serialized_size(reply.content)
             metrics = dict(reply.content.get("metrics", MetricRecord()))
         current.validation = metrics_of_split(metrics, "val")
+        current.model = metrics_of_split(metrics, "model")
         if test := metrics_of_split(metrics, "test"):
             current.test = test
         if self.selector is not None and self.selector.observe(server_round, current.validation, self.snapshot):

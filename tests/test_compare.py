@@ -62,6 +62,23 @@ def test_bad_arguments_are_refused():
         parse_args(["--extra-arm", "fedavg=strategy='fedavg'", "--out", "x"])  # a name already taken
 
 
+def test_the_green_group_runs_the_note_models_beside_the_hybrid_and_classical_references():
+    from common.config import RunConfig
+    from server_app.simulation_runner import run_config_from_overrides
+
+    green = parse_args(["--arms", "green", "--out", "x"])
+    names = [a.name for a in green.arm_list]
+    assert names[:2] == ["fedavg", "fedavg-classical"] and "fedavg-gated" in names and len(names) == 10
+    for arm in green.arm_list:  # every arm's run config parses
+        cfg = run_config_from_overrides(arm.run_config)
+        assert isinstance(cfg, RunConfig) and cfg.strategy == "fedavg"
+    note = run_config_from_overrides(next(a for a in green.arm_list if a.name == "fedavg-green").run_config)
+    assert (note.model, note.optimizer, note.weight_decay, note.lr_schedule) == (
+        "green", "adamw", 1e-4, "cosine-restarts")
+    mixed = parse_args(["--arms", "paper,fedavg-gated", "--out", "x"])
+    assert len(mixed.arm_list) == 11
+
+
 def test_two_arm_smoke_run_on_the_same_partitions_then_resumed(tmp_path, monkeypatch):
     argv = ["--arms", "fedavg,adeptheq-4q2l", "--seeds", "1", "--rounds", "2", "--local-epochs", "1",
             "--clients", "3", "--synthetic-records", "300", "--out", str(tmp_path)]

@@ -132,3 +132,14 @@ def test_bad_arguments_raise(kwargs, message):
 def test_wrong_input_shape_raises():
     with pytest.raises(ValueError, match=r"shape \(batch, 8\)"):
         LearnedEntanglementHead()(torch.zeros(2, 7))
+
+
+def test_fixed_entanglement_couples_every_pair_at_half_strength_for_every_input():
+    head = LearnedEntanglementHead(4, 2, learned=False, generator=torch.Generator().manual_seed(4)).double()
+    assert {name for name, _ in head.named_parameters()} == {"weights", "layer_gain"}
+    h = torch.randn(3, 4, dtype=torch.float64)
+    out = head(h)
+    assert torch.equal(head.strengths, torch.full((3, 6), 0.5, dtype=torch.float64))
+    couplings = (math.pi * 0.5 * head.layer_gain.detach())[None, :, None].expand(3, 2, 6)
+    expected = simulate(math.pi * torch.tanh(h), couplings, head.weights.detach())
+    assert torch.allclose(out, expected, atol=1e-12)

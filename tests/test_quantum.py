@@ -95,8 +95,10 @@ def test_torch_backend_float64_matches_pennylane_to_1e10(n_qubits: int, n_layers
 FACTORED_CASES = [(1, 2), (2, 1), (3, 3), (4, 2), (5, 4), (6, 1), (7, 2), (8, 3), (9, 2)]
 
 
-@pytest.mark.parametrize(("method", "n_qubits", "n_layers"),
-                         [("gatewise", *case) for case in GATEWISE_CASES] + [("factored", *case) for case in FACTORED_CASES])
+METHOD_CASES = [("gatewise", *case) for case in GATEWISE_CASES] + [("factored", *case) for case in FACTORED_CASES]
+
+
+@pytest.mark.parametrize(("method", "n_qubits", "n_layers"), METHOD_CASES)
 def test_simulation_method_matches_pennylane(method: str, n_qubits: int, n_layers: int) -> None:
     x, weights, cotangent = random_case(n_qubits, n_layers, seed=3 * n_qubits + n_layers)
     x = x.requires_grad_(True)

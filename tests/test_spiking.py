@@ -40,7 +40,7 @@ def test_latent_weights_get_the_clipped_straight_through_gradient():
 
 def test_the_neurons_follow_leaky_integrate_and_fire_with_reset_by_subtraction():
     pyramid = SpikingPyramid(4, channels=(4, 4, 4), num_steps=1, beta=0.8)
-    neuron = pyramid.neurons[0]
+    neuron = pyramid.stage1.neuron
     current = torch.full((1, 1), 0.45)
     mem, spikes = torch.zeros(1, 1), []
     u, s_prev, by_hand = 0.0, 0.0, []
@@ -62,10 +62,10 @@ def test_pyramid_gives_firing_rates_counts_its_spikes_and_trains_its_latent_weig
     assert rates.shape == (5, 32) and bool(((rates >= 0) & (rates <= 1)).all())
     assert 0 < pyramid.spikes_per_sample < 3 * (16 * 1000 + 32 * 250 + 32 * 63)
     rates.sum().backward()
-    for conv in pyramid.convs:
-        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0  # through the surrogate
+    for stage in pyramid.stages:
+        assert stage.conv.weight.grad is not None and stage.conv.weight.grad.abs().sum() > 0  # through the surrogate
     # deployed size: one bit per convolution weight instead of 32
-    conv_weights = sum(c.weight.numel() for c in pyramid.convs)
+    conv_weights = sum(stage.conv.weight.numel() for stage in pyramid.stages)
     assert pyramid.deployed_bits() < 32 * sum(p.numel() for p in pyramid.parameters())
     assert pyramid.deployed_bits() >= conv_weights
 
@@ -75,3 +75,18 @@ def test_pyramid_gives_firing_rates_counts_its_spikes_and_trains_its_latent_weig
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpikingPyramid(12, **kwargs)
+
+
+def test_ablations_keep_real_weights_or_use_relu_in_one_step():
+    torch.manual_seed(3)
+    x = torch.randn(2, 12, 200)
+    real = SpikingPyramid(12, binary=False)
+    assert all(type(stage.conv) is torch.nn.Conv1d for stage in real.stages)
+    assert real.deployed_bits() == 32 * sum(p.numel() for p in real.parameters())
+    relu = SpikingPyramid(12, spiking=False, num_steps=4)
+    rates = relu(x)
+    assert relu.spikes_per_sample == 0.0
+    h = x
+    for stage in relu.stages:  # by hand: conv -> norm -> ReLU -> pool, once
+        h = F.max_pool1d(F.relu(stage.norm(stage.conv(h))), stage.pool)
+    assert torch.allclose(rates, h.mean(dim=-1), atol=1e-6)

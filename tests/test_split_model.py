@@ -11,7 +11,7 @@ import torch
 from client_app.split_client import SplitClientTrainer
 from common.config import RunConfig
 from common.model import build_model
-from common.split_model import CUT_POINTS, split_model
+from common.split_model import CUT_POINTS, client_layers, split_model
 from common.task import loss_function
 from server_app.split_head import SplitHeadTrainer, SplitInputError
 
@@ -26,10 +26,13 @@ def _batches(task: str, seed: int = 0):
         yield x, y
 
 
-@pytest.mark.parametrize("cut", CUT_POINTS)
-@pytest.mark.parametrize("variant", ["plain", "u-shaped"])
-def test_split_sgd_steps_equal_unsplit_steps(cut, variant):
-    cfg = RunConfig()  # PTB-XL shape: 12 leads, 5 labels, multi-label
+CASES = ([("hybrid", cut, variant) for cut in CUT_POINTS[:3] for variant in ("plain", "u-shaped")]
+         + [("gated", "conv3", "plain"), ("green", "stage3", "plain")])
+
+
+@pytest.mark.parametrize(("model", "cut", "variant"), CASES)
+def test_split_sgd_steps_equal_unsplit_steps(model, cut, variant):
+    cfg = RunConfig(model=model)  # PTB-XL shape: 12 leads, 5 labels, multi-label
     reference = build_model(cfg)
     initial = copy.deepcopy(reference.state_dict())
     cut_model = copy.deepcopy(reference)
@@ -53,7 +56,7 @@ def test_split_sgd_steps_equal_unsplit_steps(cut, variant):
             grad = server.backward(grad_z, node=7)
             server.step()
         client.backward(grad)
-        assert split_loss == pytest.approx(float(loss), abs=1e-6)
+        assert split_loss == pytest.approx(float(loss.detach()), abs=1e-6)
     moved = 0.0
     for name, value in reference.named_parameters():
         split_value = dict(cut_model.named_parameters())[name]
@@ -61,6 +64,24 @@ def test_split_sgd_steps_equal_unsplit_steps(cut, variant):
                                    err_msg=name)
         moved = max(moved, float((value.detach() - initial[name]).abs().max()))
     assert moved > 1e-3  # the steps did change the weights
+
+
+def test_the_client_holds_its_blocks_and_the_server_everything_after_them():
+    green = build_model(RunConfig(model="green"))
+    parts = split_model(green, "stage3")
+    assert client_layers(green, "stage3") == ["stage1", "stage2", "stage3"]
+    head_params = {name.split(".")[0] for name, _ in parts.head.named_parameters()}
+    assert head_params == {"classical_fc", "proj", "quantum", "fc", "gate"}
+    assert tuple(parts.extractor(torch.zeros(2, 12, 1000)).shape) == (2, 32)  # firing rates
+    gated = build_model(RunConfig(model="gated"))
+    assert {n.split(".")[0] for n, _ in split_model(gated, "conv4").head.named_parameters()} == {
+        "proj", "quantum", "fc", "classical_fc", "gate"}
+    for model, cut, variant, message in ((green, "conv4", "plain", "expected one of stage3"),
+                                         (gated, "stage3", "plain", "expected one of conv2, conv3, conv4"),
+                                         (gated, "conv4", "u-shaped", "needs the hybrid model"),
+                                         (build_model(RunConfig(model="classical")), "conv4", "plain", "quantum head")):
+        with pytest.raises(ValueError, match=message):
+            split_model(model, cut, variant)
 
 
 def test_bad_activations_and_gradients_name_the_node():

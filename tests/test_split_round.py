@@ -21,6 +21,7 @@ from common.wire import from_array_record
 from data_prep.client_data import client_arrays
 from server_app.split_runner import SplitRun
 from strategies.presets import options_for
+from strategies.replies import RoundFailed
 from strategies.weighting import tempered_softmax
 
 ROUTES = {"train.split_step": split_steps.split_step, "query.split_readouts": split_steps.split_readouts,
@@ -115,6 +116,30 @@ def test_bad_replies_drop_their_node_and_the_round_goes_on():
     assert result.train["examples"] == sizes[0] + sizes[3] and result.train["clients"] == 2
     assert set(result.weights) == {"1", "4"}  # the dropped nodes' pieces are not averaged
     assert np.isfinite(result.validation["macro-auc"])
+
+
+def test_a_round_with_fewer_good_clients_than_min_clients_fails_the_run():
+    cfg = _cfg(**{"min-clients": 2})
+
+    def tamper(message: Message, reply: Message) -> Message:
+        if message.metadata.message_type == "train.split_step" and ACTIVATIONS in reply.content:
+            arrays = {k: np.full_like(np.asarray(v.numpy()), np.nan) for k, v in reply.content[ACTIVATIONS].items()}
+            if message.metadata.dst_node_id != 1:  # only node 1 stays good
+                reply.content[ACTIVATIONS] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        return reply
+
+    grid = InProcessGrid(cfg, 3, tamper)
+    with pytest.raises(RoundFailed, match=r"round 1: 1 of 3 clients .* min-clients is 2; node 2: activations holds"):
+        _run(cfg, grid).train_round(1, grid.get_node_ids())
+
+
+@pytest.mark.parametrize("model", ["gated", "green"])
+def test_the_gated_and_green_models_train_in_split_mode(model):
+    cfg = _cfg(model=model, **({"split-cut": "stage3"} if model == "green" else {}))
+    grid = InProcessGrid(cfg, 2)
+    result = _run(cfg, grid).train_round(1, grid.get_node_ids())
+    assert result.dropped == [] and result.train["examples"] > 0 and np.isfinite(result.validation["macro-auc"])
+    assert 0 < result.model["fusion-alpha"] < 1 and result.model["fusion-alpha"] != 0.5  # the gate trained
 
 
 def test_mixed_data_sets_share_only_the_head():
