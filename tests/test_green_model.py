@@ -64,8 +64,8 @@ def test_every_ablation_trains_its_parameters(ablation):
     model = build_model(cfg)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     rng = np.random.default_rng(0)
-    x = rng.normal(0, 1, (16, 12, 1000)).astype(np.float32)
-    y = (rng.random((16, 5)) < 0.3).astype(np.float32)
+    x = rng.normal(0, 1, (8, 12, 1000)).astype(np.float32)
+    y = (rng.random((8, 5)) < 0.3).astype(np.float32)
     result = train_local(model, x, y, epochs=1, batch_size=8, learning_rate=1e-2, seed=0, task="multilabel",
                          optimizer="adamw", weight_decay=1e-4, lr_schedule="cosine-restarts")
     assert math.isfinite(result["train_loss"])

@@ -135,7 +135,7 @@ def test_a_round_with_fewer_good_clients_than_min_clients_fails_the_run():
 
 @pytest.mark.parametrize("model", ["gated", "green"])
 def test_the_gated_and_green_models_train_in_split_mode(model):
-    cfg = _cfg(model=model, **({"split-cut": "stage3"} if model == "green" else {}))
+    cfg = _cfg(model=model, **{"synthetic-records": 100, **({"split-cut": "stage3"} if model == "green" else {})})
     grid = InProcessGrid(cfg, 2)
     result = _run(cfg, grid).train_round(1, grid.get_node_ids())
     assert result.dropped == [] and result.train["examples"] > 0 and np.isfinite(result.validation["macro-auc"])
