@@ -26,7 +26,6 @@ from torch import nn
 from common.quantum import QuantumLayer
 from data_prep.registry import dataset_spec
 
-MODELS = ("hybrid", "classical", "gated", "green")
 QUANTUM_LAYERS = frozenset({"quantum"})  # every model's quantum circuit: never frozen
 
 
@@ -72,7 +71,7 @@ class LayeredModel(nn.Module):
 
 
 class ECGNet(LayeredModel):
-    """Conv1D extractor + hybrid (quantum) or classical head for multi-label ECG."""
+    """Conv1D extractor + hybrid (quantum), classical or gated (both) head for multi-label ECG."""
 
     BLOCKS = ("conv1", "conv2", "conv3", "conv4")
     HEADS = ("hybrid", "classical", "gated")
@@ -124,6 +123,7 @@ class ECGNet(LayeredModel):
     def fusion_alpha(self) -> float | None:
         """The gate's alpha (weight of the quantum path), or None without a gate."""
         return self.gate.alpha if self.head == "gated" else None
+
 
 def build_model(cfg) -> nn.Module:
     """Model for a ``RunConfig``, shaped by its data set's spec; the seed gives every client the same start."""

@@ -28,13 +28,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common.model import ECGNet
+from common.green_model import GreenNet
 from common.spiking import pyramid_forward
 
 CUT_POINTS = ("conv2", "conv3", "conv4", "stage3")  # the client's last block; stage3: the green model's only cut
 DEFAULT_CUT = "conv4"
 VARIANTS = ("plain", "u-shaped")
-CONV_BLOCKS = ECGNet.BLOCKS
 
 
 def model_cuts(model: nn.Module) -> tuple[str, ...]:
@@ -44,7 +43,7 @@ def model_cuts(model: nn.Module) -> tuple[str, ...]:
 
 
 def _is_green(model: nn.Module) -> bool:
-    return tuple(getattr(model, "BLOCKS", ())) == ("stage1", "stage2", "stage3")
+    return isinstance(model, GreenNet)
 
 
 class ClientExtractor(nn.Module):
