@@ -207,8 +207,8 @@ def markdown(report: dict) -> str:
              "| choice | parameters | stored | deployed | CPU ms / inference | CPU ms / batch of 64 | "
              "CPU mJ / sample | "
              + (f"{gpu} ms / inference | GPU ms / batch of 64 | GPU mJ / sample | " if gpu else "")
-             + "spikes / sample | < 50k params | < 10 ms | < 0.5 mJ |",
-             "|" + "---|" * (14 if gpu else 11)]
+             + "spikes / sample | weights | < 50k params | < 10 ms | < 0.5 mJ |",
+             "|" + "---|" * (15 if gpu else 12)]
     yes = {True: "yes", False: "no", None: "n/a"}
     for row in report["choices"]:
         cells = [row["choice"], f"{row['parameters']:,}", f"{row['bytes_stored'] / 1e3:.1f} kB",
@@ -219,6 +219,7 @@ def markdown(report: dict) -> str:
                       _fmt(row["cuda"]["mj_per_sample_batch1"], 3)]
         spikes = row["spikes_per_sample"]
         cells += ["-" if spikes is None else f"{spikes:,.0f}",
+                  "initial" if row["weights"].startswith("initial") else "trained",
                   *(yes[v] for v in row["targets"].values())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
