@@ -23,7 +23,8 @@ def test_one_run_measures_every_figure_and_reads_a_trained_model(tmp_path, capsy
     hybrid, green = report["choices"]
     assert hybrid["parameters"] == count_parameters(build_model(RunConfig())) and hybrid["spikes_per_sample"] is None
     assert hybrid["bytes_stored"] == hybrid["bytes_deployed"] == 4 * hybrid["parameters"]
-    assert green["weights"].endswith("fedavg-green-seed0/final_model_plain.pt") and hybrid["weights"].startswith("initial")
+    assert green["weights"].endswith("fedavg-green-seed0/final_model_plain.pt")
+    assert hybrid["weights"].startswith("initial")
     assert green["bytes_deployed"] == trained.deployed_bits() / 8 < green["bytes_stored"] / 4
     assert green["spikes_per_sample"] > 0 and green["targets"]["parameters_under_50k"]
     for row in report["choices"]:
