@@ -26,7 +26,7 @@ from torch import nn
 
 from common.learned_entanglement import LearnedEntanglementHead
 from common.model import FusionGate, LayeredModel, in_float32
-from common.spiking import BinaryConv1d, pyramid_forward, pyramid_stages
+from common.spiking import pyramid_forward, pyramid_stages
 
 PATHS = ("both", "classical", "quantum")
 ENTANGLEMENT = ("learned", "fixed")
@@ -93,6 +93,3 @@ class GreenNet(LayeredModel):
         stages = sum(stage.deployed_bits() for stage in self.stages)
         stage_params = sum(p.numel() for stage in self.stages for p in stage.parameters())
         return stages + 32 * (sum(p.numel() for p in self.parameters()) - stage_params)
-
-    def has_binary_weights(self) -> bool:
-        return isinstance(self.stage1.conv, BinaryConv1d)
