@@ -112,6 +112,10 @@ class RunConfig(BaseModel):
     weight_by_samples: bool = True  # the paper's softmax times sample counts (docs/results.md: the weighting study)
     dp_score: Literal["exact-match", "hamming", "clipped-loss"] = "hamming"  # the released validation score
     dp_loss_clip: float = Field(1.0, gt=0.0, le=100.0)  # clipped-loss: per-record loss clipped at this
+    # differential privacy of the model updates (common.dp_sgd, common.update_noise), at dp-delta
+    update_dp: Literal["none", "example", "client"] = "none"
+    update_dp_noise: float = Field(1.0, gt=0.0, le=1000.0)  # noise multiplier sigma
+    update_dp_clip: float = Field(1.0, gt=0.0, le=1e6)  # L2 clipping norm C (per example, or of a client's update)
     # AdeptHEQ: homomorphic encryption (TenSEAL CKKS)
     he_layers: str = "fc"
     he_server_context: str = ""  # a path on the server machine: checked by the ServerApp only
@@ -241,6 +245,22 @@ class RunConfig(BaseModel):
             if changed:
                 raise ValueError(f"{', '.join(_kebab(n) for n in changed)} at their defaults with model "
                                  f"'{self.model}' (they shape model 'green' only)")
+        return self
+
+    @model_validator(mode="after")
+    def _update_dp_fits_the_run(self) -> "RunConfig":
+        if self.update_dp == "none":
+            changed = [name for name in ("update_dp_noise", "update_dp_clip")
+                       if getattr(self, name) != type(self).model_fields[name].default]
+            if changed:
+                raise ValueError(f"{', '.join(_kebab(n) for n in changed)} set with update-dp = 'none'; expected "
+                                 "update-dp = 'example' or 'client' (they tune those only)")
+        elif self.mode == "split":
+            raise ValueError(f"update-dp = {self.update_dp!r} with mode = 'split'; expected 'none' there (split "
+                             "learning sends activations every step, which these mechanisms do not cover)")
+        elif self.update_dp == "example" and self.model == "green":
+            raise ValueError("update-dp = 'example' with model = 'green'; expected model 'hybrid', 'classical' or "
+                             "'gated' (Opacus has no per-example gradient of one-bit weights and spiking neurons)")
         return self
 
     @property

@@ -21,6 +21,10 @@ FROZEN_LAYERS = "frozen-layers"  # layers the client keeps from its node state a
 ENCRYPTED_LAYERS = "encrypted-layers"  # layers packed into CKKS vectors, in this order
 DP_ACCURACY_EPSILON = "dp-accuracy-epsilon"  # > 0: release the Laplace-noised validation accuracy at this epsilon
 DP_SCORE, DP_LOSS_CLIP = "dp-score", "dp-loss-clip"  # which per-record score that accuracy is (validation_scores)
+UPDATE_DP = "update-dp"  # "none", "example" (DP-SGD) or "client" (clipped update + a share of the noise)
+UPDATE_DP_NOISE, UPDATE_DP_CLIP = "update-dp-noise", "update-dp-clip"  # noise multiplier and clipping norm
+UPDATE_DP_SHARES = "update-dp-shares"  # client-level: the number of clients the noise is split between
+UPDATE_DP_MODES = ("none", "example", "client")
 EVALUATE_SPLITS = "evaluate-splits"  # splits the evaluator scores, e.g. ["val", "test"]
 SIM_KEY_DIR = "sim-key-dir"  # simulation only: the run folder's key directory
 EMPTY = ""  # a ConfigRecord list may not be empty: [""] stands for no names
@@ -68,12 +72,18 @@ class TrainInstructions:
     sim_key_dir: str = ""
     dp_score: str = "exact-match"  # the released validation quality (common.validation_scores)
     dp_loss_clip: float = 1.0
+    update_dp: str = "none"  # DP of the sent layers: "example" or "client" (common.dp_sgd, common.update_noise)
+    update_dp_noise: float = 0.0
+    update_dp_clip: float = 0.0
+    update_dp_shares: int = 0
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord({SERVER_ROUND: self.server_round, FROZEN_LAYERS: list(self.frozen_layers) or [EMPTY],
                              ENCRYPTED_LAYERS: list(self.encrypted_layers) or [EMPTY],
                              DP_ACCURACY_EPSILON: float(self.dp_accuracy_epsilon), SIM_KEY_DIR: self.sim_key_dir,
-                             DP_SCORE: self.dp_score, DP_LOSS_CLIP: float(self.dp_loss_clip)})
+                             DP_SCORE: self.dp_score, DP_LOSS_CLIP: float(self.dp_loss_clip),
+                             UPDATE_DP: self.update_dp, UPDATE_DP_NOISE: float(self.update_dp_noise),
+                             UPDATE_DP_CLIP: float(self.update_dp_clip), UPDATE_DP_SHARES: int(self.update_dp_shares)})
 
     @classmethod
     def from_config(cls, config: ConfigRecord, layers: Sequence[str]) -> TrainInstructions:
@@ -94,7 +104,30 @@ class TrainInstructions:
                                    f"{list(SCORES)}")
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
             raise InstructionError(f"message config: key '{DP_LOSS_CLIP}' has value {clip!r}; expected a number > 0")
-        return cls(_round(config), frozen, packed, float(epsilon), _key_dir(config), score, float(clip))
+        return cls(_round(config), frozen, packed, float(epsilon), _key_dir(config), score, float(clip),
+                   *_update_dp(config))
+
+
+def _update_dp(config: ConfigRecord) -> tuple[str, float, float, int]:
+    """The update-DP orders: mode, noise multiplier and clip (> 0 unless the mode is "none"), client-level shares."""
+    mode = config.get(UPDATE_DP, "none")
+    if mode not in UPDATE_DP_MODES:
+        raise InstructionError(f"message config: key '{UPDATE_DP}' has value {mode!r}; expected one of "
+                               f"{list(UPDATE_DP_MODES)}")
+    if mode == "none":
+        return mode, 0.0, 0.0, 0
+    values = []
+    for key in (UPDATE_DP_NOISE, UPDATE_DP_CLIP):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise InstructionError(f"message config: key '{key}' has value {value!r}; expected a positive finite "
+                                   f"number with {UPDATE_DP} = {mode!r}")
+        values.append(float(value))
+    shares = config.get(UPDATE_DP_SHARES, 0)
+    if mode == "client" and (isinstance(shares, bool) or not isinstance(shares, int) or shares < 1):
+        raise InstructionError(f"message config: key '{UPDATE_DP_SHARES}' has value {shares!r}; expected the "
+                               "number of clients sharing the noise, an integer >= 1")
+    return mode, values[0], values[1], int(shares) if mode == "client" else 0
 
 
 @dataclass(frozen=True)

@@ -594,32 +594,25 @@ class QuantumLayer(nn.Module):
             init_scale * torch.randn((n_layers, n_qubits, 3), generator=generator, dtype=torch.float32)
         )
         self._circuit = None
-        self._tables: tuple | None = None  # (angle_matrix buffer, source buffer, dtype, CircuitTables)
+        self._tables: tuple | None = None  # (device, dtype, CircuitTables)
         if backend == "torch":
             if diff_method not in (None, "backprop"):
                 raise ValueError(f"backend 'torch' supports only diff_method 'backprop', got {diff_method!r}")
             self.diff_method = "backprop"
-            # Non-persistent buffers follow .to(device) but stay out of state_dict: weights are the only state.
-            # Kept in float64 so that a cast to the compute dtype never rounds twice. The factored simulation
-            # (n >= FACTORED_MIN_QUBITS) keeps its index tables in a cache per device and dtype instead.
-            if n_qubits < FACTORED_MIN_QUBITS:
-                built = CircuitTables.build(n_qubits, n_layers)
-                for field in fields(CircuitTables):
-                    self.register_buffer(f"_{field.name}", getattr(built, field.name), persistent=False)
+            # The index tables are constants, cached per device and dtype rather than held as buffers: weights are
+            # the only state, and Opacus refuses trainable modules with buffers (update-dp = "example").
         else:
             if diff_method is None:
                 diff_method = "backprop" if device == "default.qubit" else "adjoint"
             self.diff_method = diff_method
             self._circuit = _pennylane_qnode(n_qubits, device, diff_method)
 
-    def _current_tables(self, dtype: torch.dtype) -> CircuitTables:
-        """The float64 buffers as CircuitTables in ``dtype``, rebuilt only when .to() replaced them or dtype changed."""
+    def _current_tables(self, device: torch.device, dtype: torch.dtype) -> CircuitTables:
+        """The cached float64 tables cast once to ``device`` and ``dtype`` (never rounded twice)."""
         cached = self._tables
-        if cached is None or cached[0] is not self._angle_matrix or cached[1] is not self._source or cached[2] != dtype:
-            buffers = {field.name: getattr(self, f"_{field.name}") for field in fields(CircuitTables)}
-            tables = CircuitTables(**buffers).to(self._source.device, dtype)
-            cached = self._tables = (self._angle_matrix, self._source, dtype, tables)
-        return cached[3]
+        if cached is None or cached[0] != device or cached[1] != dtype:
+            cached = self._tables = (device, dtype, circuit_tables(self.n_qubits, self.n_layers).to(device, dtype))
+        return cached[2]
 
     def extra_repr(self) -> str:
         pennylane = f", device={self.device_name!r}, diff_method={self.diff_method!r}"
@@ -642,7 +635,7 @@ class QuantumLayer(nn.Module):
             dtype = torch.promote_types(x.dtype, weights.dtype)
             if self.n_qubits >= FACTORED_MIN_QUBITS:
                 return _expvals_factored(x.to(dtype), weights.to(dtype))
-            return _FusedExpvals.apply(x.to(dtype), weights.to(dtype), self._current_tables(dtype))
+            return _FusedExpvals.apply(x.to(dtype), weights.to(dtype), self._current_tables(x.device, dtype))
         # Re-normalising inside the QNode is idempotent on unit rows and keeps PennyLane's own embedding.
         outputs = self._circuit(normalized_amplitudes(x).to(torch.float64), weights.to(torch.float64))
         return torch.stack([out.reshape(x.shape[0]) for out in outputs], dim=-1).to(x.dtype)

@@ -57,6 +57,16 @@ def optimiser_for(params, name: str, learning_rate: float, weight_decay: float =
     return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
 
 
+def unfrozen_parameters(model: nn.Module, frozen_layers: frozenset[str]) -> list[nn.Parameter]:
+    """Switch gradients off for the frozen layers' parameters and on for the rest; return the rest."""
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(layer_of(name) not in frozen_layers)
+        if param.requires_grad:
+            trainable.append(param)
+    return trainable
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 learning_rate: float, seed: int, task: str,
                 frozen_layers: frozenset[str] = frozenset(), device: str = "cpu", optimizer: str = "adam",
@@ -75,12 +85,7 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, 
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule {lr_schedule!r}: expected one of {LR_SCHEDULES}")
     model.to(device).train()
-    trainable = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(layer_of(name) not in frozen_layers)
-        if param.requires_grad:
-            trainable.append(param)
-    optim = optimiser_for(trainable, optimizer, learning_rate, weight_decay)
+    optim = optimiser_for(unfrozen_parameters(model, frozen_layers), optimizer, learning_rate, weight_decay)
     steps = epochs * math.ceil(len(x) / batch_size)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optim, T_0=steps)
                 if lr_schedule == "cosine-restarts" else None)

@@ -23,6 +23,7 @@ from common.config import RunConfig
 from common.keys import load_server_context
 from common.model import QUANTUM_LAYERS, build_model, count_parameters, state_by_layer
 from common.privacy import PrivacyAccountant
+from common.privacy_ledger import PrivacyLedger
 from common.results import RunRecorder, new_run_folder
 from data_prep.registry import dataset_spec
 from server_app.preflight import check_run, check_server_context
@@ -109,10 +110,36 @@ def encryption(cfg: RunConfig, folder: Path, options: StrategyOptions) -> tuple[
     return factory, "" if cfg.he_server_context else str(folder / "keys")
 
 
-def privacy_summary(accountant: PrivacyAccountant) -> dict:
-    return {"protected": "each client's validation accuracy (Laplace, sensitivity 1/m)",
-            "not_protected": "model updates (plaintext layers) are not differentially private",
-            **accountant.report()}
+UPDATE_DP_PROTECTS = {
+    "none": "model updates are not differentially private",
+    "example": "each training example, in every update the client sends (DP-SGD: per-example clipping and "
+               "Gaussian noise, added before encryption)",
+    "client": "each client's whole data set in the aggregated update (clipped update, Gaussian noise shared "
+              "between the clients, added before encryption)",
+}
+
+
+def privacy_summary(accountant: PrivacyAccountant | None, ledger: PrivacyLedger, update_dp: str) -> dict:
+    """What is protected, the accuracy release's own bounds, and every mechanism composed per client."""
+    summary = {"update_dp": update_dp, "updates": UPDATE_DP_PROTECTS[update_dp]}
+    if accountant is not None:
+        summary["protected"] = "each client's validation accuracy (Laplace, sensitivity 1/m)"
+        summary.update(accountant.report())
+    summary["ledger"] = ledger.report()
+    return summary
+
+
+def feed_ledger(ledger: PrivacyLedger, events: dict) -> None:
+    """Add one round's ``RoundLog.privacy_events`` to the ledger."""
+    z = events.get("client_level_noise_multiplier")
+    for client_id, client in events.get("clients", {}).items():
+        entry = ledger.client(client_id)
+        if client.get("accuracy_epsilon", 0.0) > 0:
+            entry.record_accuracy_release(client["accuracy_epsilon"])
+        if "dp_sgd" in client:
+            entry.record_dp_sgd(*client["dp_sgd"])
+        if z is not None:
+            entry.record_gaussian(z)
 
 
 def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model, options: StrategyOptions) -> None:
@@ -130,6 +157,7 @@ def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model, options: Stra
                                                 "encrypted_layers": sorted(averaging.opt.encrypted_layers),
                                                 "freezing": options.freezing}})
     accountant = PrivacyAccountant(cfg.dp_epsilon, cfg.dp_delta) if options.weighting == "dp-softmax" else None
+    ledger = PrivacyLedger(cfg.dp_delta)
     t0 = time.time()
     history = []
     for server_round in range(1, cfg.num_server_rounds + 1):
@@ -137,13 +165,14 @@ def run_split(cfg: RunConfig, grid: Grid, nodes: list[int], model, options: Stra
         if accountant is not None:
             accountant.step()
             r.train["privacy"] = accountant.report()
+        feed_ledger(ledger, r.privacy_events)
         history.append(r)
         recorder.add_round(r)
         split = r.train["split"]
         log(logging.INFO, "%s | round trips %d | head %.1f s, waiting %.1f s", _progress(cfg, r),
             split["round_trips"], split["head_seconds"], split["wait_seconds"])
     if accountant is not None:
-        recorder.set("privacy", privacy_summary(accountant))
+        recorder.set("privacy", privacy_summary(accountant, ledger, cfg.update_dp))
     label = dataset_spec(cfg.dataset).split_label("test")
     record_selection(recorder, run.evaluate_selected(history[-1]), label)  # the head keeps the chosen round
     recorder.set("total_seconds", time.time() - t0)
@@ -183,10 +212,13 @@ def main(grid: Grid, context: Context) -> None:
         "encrypted_layers": sorted(options.encrypted_layers), "weighting": options.weighting,
     })
 
+    ledger = PrivacyLedger(cfg.dp_delta)
+
     def on_round(r: RoundLog) -> None:
         if accountant is not None:
             accountant.step()
             r.train["privacy"] = accountant.report()
+        feed_ledger(ledger, r.privacy_events)
         recorder.add_round(r)
         log(logging.INFO, "%s", _progress(cfg, r))
 
@@ -197,8 +229,11 @@ def main(grid: Grid, context: Context) -> None:
     initial_plain = ArrayRecord()
     strategy.start(grid=grid, initial_arrays=initial_plain, num_rounds=cfg.num_server_rounds,
                    timeout=cfg.round_timeout)
-    if accountant is not None:
-        recorder.set("privacy", privacy_summary(accountant))
+    if accountant is not None or cfg.update_dp != "none":
+        recorder.set("privacy", privacy_summary(accountant, ledger, cfg.update_dp))
+        total = recorder.payload["privacy"]["ledger"]["total"]
+        log(logging.INFO, "Privacy at delta %g, largest over clients: %s", cfg.dp_delta,
+            {k: round(v, 3) for k, v in total.items()})
     label = dataset_spec(cfg.dataset).split_label("test")
     record_selection(recorder, strategy.evaluate_selected(grid, cfg.round_timeout), label)
     recorder.set("total_seconds", time.time() - t0)

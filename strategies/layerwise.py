@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import Strategy
 
 from common.instructions import EvaluateInstructions, TrainInstructions, metrics_of_split
 from common.model import layer_of, layer_vectors
+from common.update_noise import DistributedGaussianUpdate
 from common.wire import he_record, layer_order, serialized_size, to_array_record
 from strategies.freezing import EMALayerFreezer
 from strategies.model_selection import BestRoundSelector
@@ -55,6 +56,9 @@ class StrategyOptions:
     dp_epsilon: float = 1.0  # dp-softmax: epsilon of each client's accuracy release per round
     dp_score: str = "exact-match"  # dp-softmax: the released validation score (common.validation_scores)
     dp_loss_clip: float = 1.0
+    update_dp: str = "none"  # DP of the sent layers: "example" (DP-SGD) or "client" (common.update_noise)
+    update_dp_noise: float = 1.0
+    update_dp_clip: float = 1.0
 
 
 @dataclass
@@ -73,6 +77,7 @@ class RoundLog:
     seconds: float = 0.0
     layer_scores: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)  # figures of the global model itself, e.g. a gate's fusion-alpha
+    privacy_events: dict = field(default_factory=dict)  # the DP mechanisms each client ran (common.privacy_ledger)
 
 
 class LayerwiseStrategy(Strategy):
@@ -146,11 +151,16 @@ class LayerwiseStrategy(Strategy):
             self._aggregator = self.aggregator_factory()
         return self._aggregator
 
-    def train_instructions(self, server_round: int) -> TrainInstructions:
-        """What every client does this round: frozen and packed layers, and the DP accuracy release."""
+    def train_instructions(self, server_round: int, clients: int = 0) -> TrainInstructions:
+        """What every client does this round: frozen and packed layers, the DP accuracy release and the DP of the
+        update (client-level: the noise is split between the ``clients`` sent this message)."""
         release = self.opt.dp_epsilon if self.opt.weighting == "dp-softmax" else 0.0
+        update_dp = {} if self.opt.update_dp == "none" else {
+            "update_dp": self.opt.update_dp, "update_dp_noise": self.opt.update_dp_noise,
+            "update_dp_clip": self.opt.update_dp_clip,
+            "update_dp_shares": clients if self.opt.update_dp == "client" else 0}
         return TrainInstructions(server_round, tuple(sorted(self.frozen)), tuple(self.encrypted_packing()), release,
-                                 self.sim_key_dir, self.opt.dp_score, self.opt.dp_loss_clip)
+                                 self.sim_key_dir, self.opt.dp_score, self.opt.dp_loss_clip, **update_dp)
 
     def global_records(self) -> RecordDict:
         """The global layers that go out now: plaintext ``arrays`` and the ``he`` sums of the encrypted ones."""
@@ -184,7 +194,7 @@ class LayerwiseStrategy(Strategy):
         nodes = self._nodes(grid)
         if self.evaluator is None:
             self.evaluator = nodes[0]
-        content = self._content(self.train_instructions(server_round).to_config())  # the same for every node
+        content = self._content(self.train_instructions(server_round, len(nodes)).to_config())  # the same for all
         self._current.bytes["train_down"] += serialized_size(content) * len(nodes)
         # the grid fills in the message ids when it sends them (see aggregate_train)
         self._train_messages = [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
@@ -238,7 +248,8 @@ class LayerwiseStrategy(Strategy):
             try:
                 valid.append(parse_train_reply(msg, expected_shapes, self.opt.weighting == "dp-softmax",
                                                n_chunks, check_chunks,
-                                               node=sent_to.get(msg.metadata.reply_to_message_id)))
+                                               node=sent_to.get(msg.metadata.reply_to_message_id),
+                                               update_dp=self.opt.update_dp))
             except ReplyRejected as err:
                 log(WARNING, "Round %d: dropped reply: %s", server_round, err)
                 current.dropped.append(str(err))
@@ -267,7 +278,26 @@ class LayerwiseStrategy(Strategy):
                          "client_seconds_max": max(r.metrics.get("train-seconds", 0.0) for r in valid)}
         if self.opt.weighting == "dp-softmax":
             current.train["dp_accuracy_mean"] = float(np.mean([r.metrics["dp-accuracy"] for r in valid]))
+        current.privacy_events = self.privacy_events(valid, weights, len(sent))
         return MetricRecord({"train-loss": current.train["loss"], "num-examples": total})
+
+    def privacy_events(self, valid: list[TrainReply], weights: np.ndarray, shares: int) -> dict:
+        """The DP mechanisms each valid client ran this round, for ``common.privacy_ledger``; client-level DP: the
+        round's effective noise multiplier from the actual weights (``DistributedGaussianUpdate``)."""
+        release = self.opt.dp_epsilon if self.opt.weighting == "dp-softmax" else 0.0
+        events: dict = {"clients": {}}
+        if self.opt.update_dp == "client":
+            events["client_level_noise_multiplier"] = DistributedGaussianUpdate.effective_noise_multiplier(
+                weights, self.opt.update_dp_noise, shares)
+        for reply in valid:
+            client = {"accuracy_epsilon": release}
+            if self.opt.update_dp == "example":
+                client["dp_sgd"] = [reply.metrics["update-dp-sample-rate"], self.opt.update_dp_noise,
+                                    int(reply.metrics["update-dp-steps"])]
+            if self.opt.update_dp == "client":
+                client["update_norm"] = reply.metrics["update-norm"]
+            events["clients"][str(reply.node_id)] = client
+        return events
 
     # ---------------------------------------------------------------- evaluate
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

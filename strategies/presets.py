@@ -50,4 +50,7 @@ def options_for(cfg: RunConfig, layers: list[str]) -> StrategyOptions:
         dp_epsilon=cfg.dp_epsilon,
         dp_score=cfg.dp_score,
         dp_loss_clip=cfg.dp_loss_clip,
+        update_dp=cfg.update_dp,
+        update_dp_noise=cfg.update_dp_noise,
+        update_dp_clip=cfg.update_dp_clip,
     )

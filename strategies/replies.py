@@ -73,6 +73,7 @@ def parse_train_reply(
     expected_chunks: int,
     check_chunks: Callable[[list[bytes]], object] | None,
     node: int | None = None,
+    update_dp: str = "none",
 ) -> TrainReply:
     """Validate one train reply; raise ``ReplyRejected`` naming what is wrong (and ``node``, the sender)."""
     node = msg.metadata.src_node_id if node is None else node
@@ -110,6 +111,7 @@ def parse_train_reply(
         acc = metrics.get("dp-accuracy")
         if acc is None or not 0.0 <= float(acc) <= 1.0:
             raise ReplyRejected(f"node {node}: 'dp-accuracy' is {acc!r}, expected a number in [0, 1]")
+    _check_update_dp_metrics(metrics, update_dp, node)
     chunks = None
     if expected_chunks:
         he = content.get("he")
@@ -129,3 +131,17 @@ def parse_train_reply(
                 raise ReplyRejected(f"node {node}: ciphertexts rejected: {err}") from None
     return TrainReply(node_id=node, arrays=dict(arrays), num_examples=n,
                       metrics={k: float(v) for k, v in metrics.items()}, chunks=chunks)
+
+
+def _check_update_dp_metrics(metrics: Mapping[str, object], update_dp: str, node: int | None) -> None:
+    """DP-SGD: the sample rate in (0, 1] and whole steps >= 0 the ledger composes; client-level: the update norm."""
+    if update_dp == "example":
+        rate, steps = metrics.get("update-dp-sample-rate"), metrics.get("update-dp-steps")
+        if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+            raise ReplyRejected(f"node {node}: 'update-dp-sample-rate' is {rate!r}, expected a number in (0, 1]")
+        if not isinstance(steps, int) or steps < 0:
+            raise ReplyRejected(f"node {node}: 'update-dp-steps' is {steps!r}, expected an integer >= 0")
+    elif update_dp == "client":
+        norm = metrics.get("update-norm")
+        if not isinstance(norm, (int, float)) or norm < 0:
+            raise ReplyRejected(f"node {node}: 'update-norm' is {norm!r}, expected a number >= 0")

@@ -1,0 +1,114 @@
+"""One accountant for every differentially private mechanism a client takes part in during a run.
+
+Each client's ledger records, round by round, the mechanisms that touched its data:
+
+* the Laplace release of its validation score at :math:`\\epsilon_a` (``common.privacy``): a
+  ``LaplaceDpEvent`` with noise multiplier :math:`1/\\epsilon_a` (scale over the L1 sensitivity);
+* example-level DP-SGD (``common.dp_sgd``): ``steps`` Poisson-subsampled Gaussian mechanisms with
+  sampling rate :math:`q` and noise multiplier :math:`\\sigma`, ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))``;
+* the client-level Gaussian mechanism on its clipped update (``common.update_noise``), with the round's effective
+  noise multiplier :math:`z_r`. Gaussian mechanisms compose exactly into one Gaussian mechanism with
+  :math:`z = (\\sum_r z_r^{-2})^{-1/2}` (their privacy-loss distributions are Gaussian, and the means and
+  variances add; Dong, Roth and Su, "Gaussian differential privacy", 2022, Corollary 3.3), so the ledger keeps
+  :math:`\\sum_r z_r^{-2}`.
+
+``epsilon(delta)`` composes all of them with the tight privacy-loss-distribution accountant of ``dp_accounting``
+(pessimistic discretisation, so an upper bound): one record of the client's data, wherever it is (training or
+validation), is :math:`(\\epsilon, \\delta)`-DP with respect to everything the client sent. Composing the
+validation release with the training mechanisms is conservative: a record in only one of the two sets is covered
+by that set's mechanisms alone, which ``epsilon_by_mechanism`` gives. The client-level mechanism's own unit is the
+client's whole data set (add/remove one client); ``client_level_epsilon`` reports that guarantee.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+def _epsilon(events: list, delta: float) -> float:
+    if not events:
+        return 0.0
+    import dp_accounting  # lazily: only the server's report needs it
+
+    accountant = dp_accounting.pld.PLDAccountant()
+    accountant.compose(dp_accounting.ComposedDpEvent(events))
+    return float(accountant.get_epsilon(delta))
+
+
+@dataclass
+class ClientLedger:
+    """The mechanisms one client ran; add with the ``record_*`` methods, read with ``epsilon``."""
+
+    accuracy_releases: Counter = field(default_factory=Counter)  # epsilon per release -> count
+    dp_sgd_steps: Counter = field(default_factory=Counter)  # (sample rate, noise multiplier) -> steps
+    gaussian_inverse_square: float = 0.0  # sum over rounds of z_r^-2 (client-level mechanism)
+
+    def record_accuracy_release(self, epsilon: float) -> None:
+        if not epsilon > 0 or not math.isfinite(epsilon):
+            raise ValueError(f"accuracy release epsilon must be a positive finite number, got {epsilon!r}")
+        self.accuracy_releases[float(epsilon)] += 1
+
+    def record_dp_sgd(self, sample_rate: float, noise_multiplier: float, steps: int) -> None:
+        if not 0 < sample_rate <= 1 or not noise_multiplier > 0 or steps < 0 or int(steps) != steps:
+            raise ValueError(f"DP-SGD needs 0 < sample rate <= 1, noise multiplier > 0 and whole steps >= 0; got "
+                             f"{sample_rate!r}, {noise_multiplier!r}, {steps!r}")
+        self.dp_sgd_steps[(float(sample_rate), float(noise_multiplier))] += int(steps)
+
+    def record_gaussian(self, noise_multiplier: float) -> None:
+        if not noise_multiplier > 0 or not math.isfinite(noise_multiplier):
+            raise ValueError(f"Gaussian noise multiplier must be a positive finite number, got {noise_multiplier!r}")
+        self.gaussian_inverse_square += noise_multiplier ** -2
+
+    def _events(self) -> dict[str, list]:
+        import dp_accounting
+
+        releases = [dp_accounting.SelfComposedDpEvent(dp_accounting.LaplaceDpEvent(1.0 / eps), count)
+                    for eps, count in sorted(self.accuracy_releases.items())]
+        dp_sgd = [dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+            for (q, sigma), steps in sorted(self.dp_sgd_steps.items()) if steps > 0]
+        gaussian = ([dp_accounting.GaussianDpEvent(self.gaussian_inverse_square ** -0.5)]
+                    if self.gaussian_inverse_square > 0 else [])
+        return {"accuracy_release": releases, "dp_sgd": dp_sgd, "client_level": gaussian}
+
+    def epsilon_by_mechanism(self, delta: float) -> dict[str, float]:
+        """Epsilon at ``delta`` of each mechanism alone (0 for one that did not run)."""
+        return {name: _epsilon(events, delta) for name, events in self._events().items()}
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon at ``delta`` of every mechanism composed (one record of the client's data)."""
+        return _epsilon([e for events in self._events().values() for e in events], delta)
+
+    def client_level_noise_multiplier(self) -> float | None:
+        """The one Gaussian mechanism the client-level rounds compose into, or None without them."""
+        return self.gaussian_inverse_square ** -0.5 if self.gaussian_inverse_square > 0 else None
+
+
+class PrivacyLedger:
+    """Every client's :class:`ClientLedger`, keyed by the client's id, and the run's report."""
+
+    def __init__(self, delta: float) -> None:
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        self.delta = float(delta)
+        self.clients: dict[str, ClientLedger] = {}
+
+    def client(self, client_id: object) -> ClientLedger:
+        return self.clients.setdefault(str(client_id), ClientLedger())
+
+    def report(self) -> dict:
+        """Per client: epsilon of each mechanism and composed; in total: the largest over clients (the guarantee
+        every client's records have), with the client-level guarantee where that mechanism ran."""
+        per_client = {}
+        for client_id, ledger in sorted(self.clients.items()):
+            per_client[client_id] = {**ledger.epsilon_by_mechanism(self.delta), "composed": ledger.epsilon(self.delta)}
+            z = ledger.client_level_noise_multiplier()
+            if z is not None:
+                per_client[client_id]["client_level_noise_multiplier"] = z
+        total = {"composed": max((c["composed"] for c in per_client.values()), default=0.0)}
+        for name in ("accuracy_release", "dp_sgd", "client_level"):
+            total[name] = max((c[name] for c in per_client.values()), default=0.0)
+        return {"delta": self.delta, "accountant": "dp_accounting PLD (pessimistic)", "total": total,
+                "per_client": per_client}
