@@ -20,14 +20,17 @@ beside ``fedavg`` (hybrid) and ``fedavg-classical``: ``fedavg-gated`` (both head
 ``fedavg-green`` (spiking one-bit pyramid + 8-qubit learned-entanglement circuit, gated, with the note's training:
 AdamW, weight decay 1e-4, cosine restarts, mixed precision on CUDA), ``green-adam`` (the same model with the
 default training) and the green model's ablations (``green-no-spikes``, ``green-real-weights``,
-``green-fixed-entanglement``, ``green-classical-path``, ``green-quantum-path``). Names and groups mix, as in
-``--arms paper,fedavg-gated``.
+``green-fixed-entanglement``, ``green-classical-path``, ``green-quantum-path``). ``--arms privacy``: fedavg and
+the default AdeptHEQ (updates not private) against AdeptHEQ with DP-SGD on every client at noise multipliers 1, 2,
+4 and 8 (``dp-sgd-s1`` ...) and with client-level DP (``client-dp-s1``); encryption stays on. Names and groups mix,
+as in ``--arms paper,fedavg-gated``.
 
 Each run's final model is its best validation round (``selection-metric``); the table reports the
 test split on it. Where the data have no test records (``../shared/data/ptbxl`` lacks fold 10) the
 validation split stands in for the test split, the title says so, and the figures are optimistic
 (the round was chosen on that split); the last round's figures are given beside them.
-Writes ``results.md``, ``results.json``, ``validation_auc.png``, ``bytes.png`` and every run's folder
+Writes ``results.md``, ``results.json``, ``validation_auc.png``, ``bytes.png`` (with private arms also
+``accuracy_epsilon.png``: macro-AUC against the updates' epsilon) and every run's folder
 under ``runs/``; prints one line per finished run. ``--resume`` continues a study that was stopped: a run
 whose folder holds a finished result made with the run config it would get now (keys added to the app since
 left at their defaults) is read, not rerun.
@@ -85,9 +88,18 @@ ARMS += (
     Arm("green-classical-path", f"{GREEN} green-paths='classical'", "green, the spiking path alone"),
     Arm("green-quantum-path", f"{GREEN} green-paths='quantum'", "green, the quantum path alone"),
 )
+GREEN_ARMS = ("fedavg", "fedavg-classical") + tuple(a.name for a in ARMS if a.name not in PAPER_ARMS)
+PRIVATE = f"strategy='adeptheq' {HYBRID}"  # encryption on: the noise is added before it
+ARMS += tuple(
+    Arm(f"dp-sgd-s{sigma:g}", f"{PRIVATE} update-dp='example' update-dp-noise={sigma} update-dp-clip=1.0",
+        f"AdeptHEQ with DP-SGD on every client, noise multiplier {sigma:g}, clip 1")
+    for sigma in (1.0, 2.0, 4.0, 8.0)
+) + (Arm("client-dp-s1", f"{PRIVATE} update-dp='client' update-dp-noise=1.0 update-dp-clip=1.0",
+         "AdeptHEQ with client-level DP (clipped updates, distributed noise), noise multiplier 1, clip 1"),)
 ARM_NAMES = tuple(a.name for a in ARMS)
-ARM_GROUPS = {"paper": PAPER_ARMS,
-              "green": ("fedavg", "fedavg-classical") + tuple(a.name for a in ARMS if a.name not in PAPER_ARMS)}
+ARM_GROUPS = {"paper": PAPER_ARMS, "green": GREEN_ARMS,
+              "privacy": ("fedavg", "adeptheq-4q2l") + tuple(a.name for a in ARMS
+                                                              if a.name.startswith(("dp-sgd", "client-dp")))}
 QUICK = {"seeds": 1, "rounds": 3, "local_epochs": 1, "clients": 3, "central_epochs": 3}
 METRICS = ("loss", "accuracy", "macro-f1", "macro-auc")
 
@@ -110,12 +122,15 @@ def summarise_run(metrics: dict, clients: int) -> dict:
     last = rounds[-1]["validation"] if no_test else (metrics.get("test_last_round") or {})
     train_bytes = sum(r["bytes"]["train_up"] + r["bytes"]["train_down"] for r in rounds)
     privacy = metrics.get("privacy") or {}
+    ledger = (privacy.get("ledger") or {}).get("total") or {}
     return {
         "chosen_round": selection.get("round"), "no_test_split": no_test,
         "chosen": {k: chosen.get(k) for k in METRICS}, "last": {k: last.get(k) for k in METRICS},
         "bytes_per_client_round": train_bytes / clients / len(rounds),
         "seconds_per_round": metrics.get("total_seconds", math.nan) / len(rounds),
-        "epsilon": privacy.get("best"),
+        # every mechanism composed, largest over clients (runs before the ledger: the accuracy release's)
+        "epsilon": ledger.get("composed", privacy.get("best")),
+        "epsilon_updates": (ledger.get("dp_sgd") or ledger.get("client_level")) if ledger else None,
         "validation_auc": [r["validation"].get("macro-auc") for r in rounds],
         "fusion_alpha": (rounds[-1].get("model") or {}).get("fusion-alpha"),
         "bytes_per_round": [r["bytes"]["train_up"] + r["bytes"]["train_down"] for r in rounds],
@@ -131,7 +146,7 @@ def summarise_centralised(result: dict) -> dict:
     pick = lambda report: {k: report.get(k.replace("-", "_")) for k in METRICS}  # noqa: E731
     return {"chosen_round": result["best_epoch"], "no_test_split": no_test, "chosen": pick(chosen),
             "last": pick(history[-1]) if no_test else {}, "bytes_per_client_round": 0.0,
-            "seconds_per_round": result["seconds"] / len(history), "epsilon": None,
+            "seconds_per_round": result["seconds"] / len(history), "epsilon": None, "epsilon_updates": None,
             "validation_auc": [h.get("macro_auc") for h in history], "bytes_per_round": [], "fusion_alpha": None}
 
 
@@ -198,7 +213,7 @@ def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
         if ok:
             for part in ("chosen", "last"):
                 entry[part] = {k: _mean_std([r[part].get(k) for r in ok if r[part]]) for k in METRICS}
-            for key in ("bytes_per_client_round", "seconds_per_round", "epsilon", "fusion_alpha"):
+            for key in ("bytes_per_client_round", "seconds_per_round", "epsilon", "epsilon_updates", "fusion_alpha"):
                 entry[key] = _mean_std([r.get(key) for r in ok])
             entry["chosen_round"] = [r["chosen_round"] for r in ok]
             entry["no_test_split"] = any(r["no_test_split"] for r in ok)
@@ -248,8 +263,28 @@ def markdown(table: dict, args: argparse.Namespace, command: str) -> str:
                      f"{_pm(e['last'].get('macro-auc', (math.nan, 0)))} | "
                      f"{e['bytes_per_client_round'][0] / 1e3:,.1f} kB | {e['seconds_per_round'][0]:.1f} | {eps} | "
                      f"{alpha} | {e['chosen_round']} |")
+    lines += privacy_lines(table)
     lines += ["", "Arms: " + "; ".join(f"`{a.name}`: {a.what}" for a in args.arm_list), ""]
     return "\n".join(lines)
+
+
+def _private(entry: dict) -> bool:
+    return "chosen" in entry and not math.isnan(entry.get("epsilon_updates", (math.nan, 0))[0])
+
+
+def privacy_lines(table: dict) -> list[str]:
+    """Where an arm's updates are private: epsilon of the updates alone and of everything composed, per arm."""
+    if not any(_private(e) for e in table.values()):
+        return []
+    lines = ["", "Privacy at dp-delta, the largest over clients (one record of a client's data; client-level DP: "
+             "the updates' epsilon is per client's whole data set), mean over seeds:", "",
+             "| arm | epsilon, updates | epsilon, all mechanisms composed | macro-AUC |", "|---|---|---|---|"]
+    for arm, e in table.items():
+        if "chosen" in e and not math.isnan(e["epsilon"][0]):
+            updates = e["epsilon_updates"][0]
+            lines.append(f"| {arm} | {'not private' if math.isnan(updates) else f'{updates:.2f}'} | "
+                         f"{e['epsilon'][0]:.2f} | {_pm(e['chosen']['macro-auc'])} |")
+    return lines
 
 
 def plot(table: dict, out: Path) -> None:
@@ -270,6 +305,23 @@ def plot(table: dict, out: Path) -> None:
             ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+    private = {arm: e for arm, e in table.items() if _private(e)}
+    if private:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for arm, e in private.items():
+            ax.errorbar(e["epsilon_updates"][0], e["chosen"]["macro-auc"][0], yerr=e["chosen"]["macro-auc"][1],
+                        marker="o", capsize=3, label=arm)
+        for arm, e in table.items():
+            if arm not in private and "chosen" in e:
+                ax.axhline(e["chosen"]["macro-auc"][0], linestyle="--", linewidth=1, label=f"{arm} (updates not private)",
+                           color="grey" if arm == "fedavg" else "black")
+        ax.set_xscale("log")
+        ax.set_xlabel("epsilon of the updates at dp-delta (largest over clients)")
+        ax.set_ylabel("macro-AUC of the chosen round")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_epsilon.png", dpi=120)
         plt.close(fig)
 
 
