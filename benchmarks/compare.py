@@ -314,8 +314,8 @@ def plot(table: dict, out: Path) -> None:
                         marker="o", capsize=3, label=arm)
         for arm, e in table.items():
             if arm not in private and "chosen" in e:
-                ax.axhline(e["chosen"]["macro-auc"][0], linestyle="--", linewidth=1, label=f"{arm} (updates not private)",
-                           color="grey" if arm == "fedavg" else "black")
+                ax.axhline(e["chosen"]["macro-auc"][0], linestyle="--", linewidth=1,
+                           label=f"{arm} (updates not private)", color="grey" if arm == "fedavg" else "black")
         ax.set_xscale("log")
         ax.set_xlabel("epsilon of the updates at dp-delta (largest over clients)")
         ax.set_ylabel("macro-AUC of the chosen round")
