@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.compare import aggregate, main, parse_args, summarise_run
+from benchmarks.compare import aggregate, main, markdown, parse_args, summarise_run
 
 
 def _metrics(aucs, test=None, selection_round=2, up=1000, down=3000, seconds=12.0):
@@ -43,6 +43,22 @@ def test_figures_are_averaged_over_seeds_with_their_standard_deviation():
     mean, std = table["a"]["auc_minus_fedavg"]  # paired by seed: 0.6 - 0.5 and 0.8 - 0.9; seed 3 failed in "a"
     assert mean == pytest.approx(0.0) and std == pytest.approx(math.sqrt(0.02))
     assert table["fedavg"]["auc_minus_fedavg"] == (0.0, 0.0)
+
+
+def test_private_arms_report_the_composed_epsilon_and_a_privacy_table():
+    private = _metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": 0.7})
+    private["privacy"]["ledger"] = {"total": {"composed": 25.0, "accuracy_release": 19.1, "dp_sgd": 9.5,
+                                              "client_level": 0.0}}
+    rows = {"adeptheq-4q2l": [summarise_run(_metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": 0.8}), 2)],
+            "dp-sgd-s4": [summarise_run(private, 2)]}
+    assert rows["dp-sgd-s4"][0]["epsilon"] == 25.0 and rows["dp-sgd-s4"][0]["epsilon_updates"] == 9.5
+    assert rows["adeptheq-4q2l"][0]["epsilon"] == 1.9 and rows["adeptheq-4q2l"][0]["epsilon_updates"] is None
+    args = parse_args(["--arms", "privacy", "--seeds", "1", "--out", "x"])
+    assert [a.name for a in args.arm_list] == ["fedavg", "adeptheq-4q2l", "dp-sgd-s1", "dp-sgd-s2", "dp-sgd-s4",
+                                               "dp-sgd-s8", "client-dp-s1"]
+    text = markdown(aggregate(rows), args, "cmd")
+    assert "| dp-sgd-s4 | 9.50 | 25.00 | 0.700 ± 0.000 |" in text
+    assert "| adeptheq-4q2l | not private | 1.90 | 0.800 ± 0.000 |" in text
 
 
 def test_bad_arguments_are_refused():
