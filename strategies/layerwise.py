@@ -294,6 +294,8 @@ class LayerwiseStrategy(Strategy):
             if self.opt.update_dp == "example":
                 client["dp_sgd"] = [reply.metrics["update-dp-sample-rate"], self.opt.update_dp_noise,
                                     int(reply.metrics["update-dp-steps"])]
+                if "update-dp-epsilon-opacus" in reply.metrics:  # the client's own RDP figure, a cross-check
+                    client["opacus_epsilon"] = reply.metrics["update-dp-epsilon-opacus"]
             if self.opt.update_dp == "client":
                 client["update_norm"] = reply.metrics["update-norm"]
             events["clients"][str(reply.node_id)] = client

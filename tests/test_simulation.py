@@ -67,7 +67,7 @@ def test_short_run_of_each_strategy(tmp_path, strategy):
         assert metrics["rounds"][0]["train"]["privacy"]["basic"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("update_dp", ["example", "client"])
+@pytest.mark.parametrize("update_dp", ["example"])  # "client": tests/test_update_privacy.py, test_strategy.py
 def test_private_updates_train_with_encryption_on_and_are_accounted(tmp_path, update_dp):
     metrics, log, results = _run(tmp_path, "adeptheq", f"update-dp='{update_dp}' update-dp-noise=1.0 "
                                  "update-dp-clip=1.0")

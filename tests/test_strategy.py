@@ -286,3 +286,29 @@ def test_all_layers_encrypted_freeze_from_client_reported_scores(contexts):
     strategy.aggregate_evaluate(1, [_evaluate_reply(strategy, ev, {"val-accuracy": 0.5, **scores})])
     assert strategy.frozen == {"conv1"}
     assert "conv1" not in strategy.encrypted_packing() and "quantum" in strategy.encrypted_packing()
+
+
+def test_client_level_dp_orders_shares_records_the_effective_multiplier_and_drops_unaccounted_replies(contexts):
+    cfg = RunConfig(strategy="fedavg", update_dp="client", update_dp_noise=2.0, update_dp_clip=0.5)
+    model = build_model(cfg)
+    strategy = LayerwiseStrategy(options_for(cfg, model.layer_names()), model.layer_names(), state_by_layer(model),
+                                 QUANTUM_LAYERS)
+    initial = state_by_layer(model)
+    requests = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    orders = requests[0].content["config"]
+    assert (orders["update-dp"], orders["update-dp-noise"], orders["update-dp-clip"], orders["update-dp-shares"]) \
+        == ("client", 2.0, 0.5, 4)
+    counts = [10, 30, 20, 40]
+    replies = []
+    for i, (request, count) in enumerate(zip(requests, counts)):
+        reply = client_reply(strategy, request, perturbed(initial, i + 1), count)
+        if i < 3:  # the fourth forgets the norm the ledger needs: dropped, and its share of the noise is missing
+            reply.content["metrics"]["update-norm"] = 0.4
+        replies.append(reply)
+    strategy.aggregate_train(1, replies)
+    assert len(strategy._current.dropped) == 1 and "'update-norm' is None" in strategy._current.dropped[0]
+    w = np.array(counts[:3]) / sum(counts[:3])
+    events = strategy._current.privacy_events
+    # noise std sigma C sqrt(sum w^2 / n) with n = 4 shares sent, over the sensitivity C max w
+    assert events["client_level_noise_multiplier"] == pytest.approx(2.0 * np.sqrt(np.sum(w ** 2) / 4) / w.max())
+    assert set(events["clients"]) == {str(n) for n in NODES[:3]}

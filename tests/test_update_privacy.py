@@ -136,3 +136,36 @@ def test_train_instructions_carry_update_dp_and_refuse_bad_values():
     config["update-dp"] = "central"
     with pytest.raises(InstructionError, match="'update-dp' has value 'central'"):
         TrainInstructions.from_config(config, ["fc"])
+
+
+def test_a_client_told_client_level_dp_sends_the_global_model_plus_its_clipped_update():
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client_app.client_app import train
+    from common.config import RunConfig
+    from common.model import build_model, state_by_layer
+    from common.wire import from_array_record
+    from strategies.layerwise import LayerwiseStrategy
+    from strategies.presets import options_for
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what a running ServerApp sets
+    clip = 0.05
+    cfg = RunConfig.from_flower({"strategy": "fedavg", "local-epochs": 1, "synthetic-records": 300,
+                                 "update-dp": "client", "update-dp-noise": 1e-9, "update-dp-clip": clip})
+    model = build_model(cfg)
+    initial = state_by_layer(model)
+
+    class Grid:
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+    strategy = LayerwiseStrategy(options_for(cfg, model.layer_names()), model.layer_names(), initial, frozenset())
+    request = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), Grid()))[0]
+    request.metadata.__dict__["_message_id"] = "message-0"
+    context = Context(1, 1, {"partition-id": 0, "num-partitions": 3}, RecordDict(), cfg.as_flat_dict())
+    reply = train(request, context)
+    sent = from_array_record(reply.content["arrays"])
+    moved = math.sqrt(sum(float(np.sum((sent[n].astype(np.float64) - initial[n]) ** 2)) for n in initial))
+    norm_before = reply.content["metrics"]["update-norm"]
+    assert norm_before > clip and moved == pytest.approx(clip, rel=1e-3)
