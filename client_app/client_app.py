@@ -31,8 +31,8 @@ from common.instructions import (SPLIT_ACTIVATIONS, SPLIT_EVALUATE, SPLIT_READOU
                                  FUSION_ALPHA, EvaluateInstructions, TrainInstructions, split_report_metrics)
 from common.model import ECGNet, build_model, load_arrays, state_by_layer
 from common.privacy import LaplaceAccuracyRelease
-from common.update_noise import DistributedGaussianUpdate
 from common.task import evaluate, predict, train_local
+from common.update_noise import DistributedGaussianUpdate
 from common.validation_scores import ValidationScore
 from common.wire import from_array_record, to_array_record
 from data_prep.client_data import client_arrays, split_arrays
