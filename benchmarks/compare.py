@@ -123,6 +123,7 @@ def summarise_run(metrics: dict, clients: int) -> dict:
     train_bytes = sum(r["bytes"]["train_up"] + r["bytes"]["train_down"] for r in rounds)
     privacy = metrics.get("privacy") or {}
     ledger = (privacy.get("ledger") or {}).get("total") or {}
+    update_dp = privacy.get("update_dp", "none")
     return {
         "chosen_round": selection.get("round"), "no_test_split": no_test,
         "chosen": {k: chosen.get(k) for k in METRICS}, "last": {k: last.get(k) for k in METRICS},
@@ -130,7 +131,7 @@ def summarise_run(metrics: dict, clients: int) -> dict:
         "seconds_per_round": metrics.get("total_seconds", math.nan) / len(rounds),
         # every mechanism composed, largest over clients (runs before the ledger: the accuracy release's)
         "epsilon": ledger.get("composed", privacy.get("best")),
-        "epsilon_updates": (ledger.get("dp_sgd") or ledger.get("client_level")) if ledger else None,
+        "epsilon_updates": ledger.get({"example": "dp_sgd", "client": "client_level"}.get(update_dp, "")),
         "validation_auc": [r["validation"].get("macro-auc") for r in rounds],
         "fusion_alpha": (rounds[-1].get("model") or {}).get("fusion-alpha"),
         "bytes_per_round": [r["bytes"]["train_up"] + r["bytes"]["train_down"] for r in rounds],

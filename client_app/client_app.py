@@ -88,15 +88,16 @@ def train(msg: Message, context: Context) -> Message:
     else:
         result = train_local(model, data.x_train, data.y_train, seed=seed, lr_schedule=cfg.lr_schedule,
                              mixed_precision=cfg.mixed_precision, **common)
-    metrics = {"num-examples": result["num_examples"], "train-loss": result["train_loss"],
-               "train-seconds": time.time() - t0, **result.get("metrics", {})}
+    metrics = {"num-examples": result["num_examples"], "train-seconds": time.time() - t0,
+               **result.get("metrics", {})}
+    if orders.update_dp == "none":  # under update DP the exact training loss would leak what the noise hides
+        metrics["train-loss"] = result["train_loss"]
     if orders.update_dp == "client":
         # fresh OS entropy, as for the accuracy release; the release below then scores the model actually sent
-        noisy, norm = DistributedGaussianUpdate(orders.update_dp_noise, orders.update_dp_clip,
-                                                orders.update_dp_shares).privatise(
+        noisy, _ = DistributedGaussianUpdate(orders.update_dp_noise, orders.update_dp_clip,
+                                             orders.update_dp_shares).privatise(
             state_by_layer(model, trained), global_sent, np.random.default_rng())
         load_arrays(model, noisy)
-        metrics["update-norm"] = norm
     if orders.dp_accuracy_epsilon > 0:
         probs = predict(model, data.x_val, task, device=_device())
         total = ValidationScore(orders.dp_score, task, orders.dp_loss_clip).total(probs, data.y_val)

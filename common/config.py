@@ -261,6 +261,10 @@ class RunConfig(BaseModel):
         elif self.update_dp == "example" and self.model == "green":
             raise ValueError("update-dp = 'example' with model = 'green'; expected model 'hybrid', 'classical' or "
                              "'gated' (Opacus has no per-example gradient of one-bit weights and spiking neurons)")
+        elif self.update_dp == "example" and (self.lr_schedule != "constant" or self.mixed_precision):
+            raise ValueError("update-dp = 'example' with lr-schedule = 'cosine-restarts' or mixed-precision = true; "
+                             "expected lr-schedule = 'constant' and mixed-precision = false (DP-SGD's loop has "
+                             "neither)")
         return self
 
     @property

@@ -3,9 +3,11 @@
 Per step, every training example is drawn independently with probability ``q = sample_rate`` (Poisson
 sampling), each drawn example's gradient over the trainable parameters is clipped to L2 norm ``C``
 (flat clipping), the clipped gradients are summed, Gaussian noise ``N(0, (sigma C)^2 I)`` is added, and the
-sum is divided by the expected batch size ``q N`` before the optimiser's step (Abadi et al., CCS 2016; Opacus,
-Yousefpour et al. 2021). One round's local training is ``steps = epochs * round(1 / q)`` such steps, an adaptive
-composition of Poisson-subsampled Gaussian mechanisms on the client's training set (add/remove one example).
+sum is divided by the expected batch size ``int(q N)`` before the optimiser's step (Abadi et al., CCS 2016;
+Opacus, Yousefpour et al. 2021). With ``q = 1 / ceil(N / batch_size)`` one round's local training is
+``steps = epochs * int(1 / q)`` such steps (counted, not computed, for the accountant), an adaptive composition of
+Poisson-subsampled Gaussian mechanisms on the client's training set (add/remove one example). The training set's
+size ``N``, hence ``q``, is public: the client sends it as ``num-examples``.
 
 Opacus computes per-example gradients with hooks for ``Linear``, ``Conv1d`` and ``GroupNorm``; the two layers
 of ours with their own parameters get grad samplers here: ``QuantumLayer`` (vmap of the autograd-only
@@ -50,7 +52,7 @@ def quantum_grad_sample(layer: QuantumLayer, activations: list[torch.Tensor], ba
         return (simulate_expvals(row[None], weights, "gatewise", tables)[0] * grad_row).sum()
 
     if x.shape[0] == 0:
-        return {layer.weights: torch.zeros((0, *layer.weights.shape), dtype=layer.weights.dtype)}
+        return {layer.weights: torch.zeros((0, *layer.weights.shape), dtype=layer.weights.dtype, device=x.device)}
     per_example = torch.func.vmap(torch.func.grad(weighted_output), in_dims=(None, 0, 0))(
         layer.weights.detach().to(dtype), x.detach().to(dtype), backprops.to(dtype))
     return {layer.weights: per_example.to(layer.weights.dtype)}
@@ -76,8 +78,8 @@ def check_dp_sgd_model(model: nn.Module) -> None:
                          "'hybrid', 'classical' or 'gated'")
 
 
-def _os_seeded_generator() -> torch.Generator:
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+def _os_seeded_generator(device: str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
 
 
 def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
@@ -86,8 +88,8 @@ def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: in
                    device: str = "cpu", optimizer: str = "adam", weight_decay: float = 0.0) -> dict:
     """One round of DP-SGD on (x, y); ``model`` ends with the noisy weights (its parameters, not a copy).
 
-    The expected batch is ``batch_size`` (q = 1 / ceil(N / batch_size), Opacus's rate); frozen layers get no
-    gradient and are neither clipped nor noised. ``accountant_history``: Opacus's RDP accountant history of the
+    The expected batch is ``int(q N) <= batch_size`` (q = 1 / ceil(N / batch_size), Opacus's rate); frozen layers
+    get no gradient and are neither clipped nor noised. ``accountant_history``: Opacus's RDP accountant history of the
     earlier rounds, extended here (``opacus_epsilon`` of the returned history covers every round so far). Returns
     the mean training loss of the last epoch over the examples drawn, the number of examples, the sample rate,
     the number of steps and the history.
@@ -106,7 +108,7 @@ def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: in
         engine.accountant.load_state_dict({"history": [tuple(h) for h in accountant_history], "mechanism": "rdp"})
     private_model, private_optim, private_loader = engine.make_private(
         module=model, optimizer=optim, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=_os_seeded_generator())
+        max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=_os_seeded_generator(device))
     loss_fn = loss_function(task)
     sample_rate = 1.0 / len(loader)
     steps, last_loss = 0, math.nan

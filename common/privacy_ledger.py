@@ -1,23 +1,27 @@
-"""One accountant for every differentially private mechanism a client takes part in during a run.
+r"""One accountant for every differentially private mechanism a client takes part in during a run.
 
 Each client's ledger records, round by round, the mechanisms that touched its data:
 
-* the Laplace release of its validation score at :math:`\\epsilon_a` (``common.privacy``): a
-  ``LaplaceDpEvent`` with noise multiplier :math:`1/\\epsilon_a` (scale over the L1 sensitivity);
+* the Laplace release of its validation score at :math:`\epsilon_a` (``common.privacy``): a
+  ``LaplaceDpEvent`` with noise multiplier :math:`1/\epsilon_a` (scale over the L1 sensitivity);
 * example-level DP-SGD (``common.dp_sgd``): ``steps`` Poisson-subsampled Gaussian mechanisms with
-  sampling rate :math:`q` and noise multiplier :math:`\\sigma`, ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))``;
+  sampling rate :math:`q` and noise multiplier :math:`\sigma`, ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))``;
 * the client-level Gaussian mechanism on its clipped update (``common.update_noise``), with the round's effective
-  noise multiplier :math:`z_r`. Gaussian mechanisms compose exactly into one Gaussian mechanism with
-  :math:`z = (\\sum_r z_r^{-2})^{-1/2}` (their privacy-loss distributions are Gaussian, and the means and
-  variances add; Dong, Roth and Su, "Gaussian differential privacy", 2022, Corollary 3.3), so the ledger keeps
-  :math:`\\sum_r z_r^{-2}`.
+  noise multiplier :math:`z_r` for adding or removing the client's whole data set (sensitivity :math:`C w_{max}`).
+  Gaussian mechanisms compose into one Gaussian mechanism with :math:`z = (\sum_r z_r^{-2})^{-1/2}` (their
+  privacy-loss distributions are Gaussian and add; Dong, Roth and Su, "Gaussian differential privacy", 2022,
+  Corollary 3.3), so the ledger keeps :math:`\sum_r z_r^{-2}`. The weights, hence :math:`z_r`, are chosen from
+  earlier outputs (sample counts, released DP accuracies); the sum is then the privacy odometer of the rounds run,
+  not a guarantee fixed in advance, and the weights are taken as public.
 
-``epsilon(delta)`` composes all of them with the tight privacy-loss-distribution accountant of ``dp_accounting``
-(pessimistic discretisation, so an upper bound): one record of the client's data, wherever it is (training or
-validation), is :math:`(\\epsilon, \\delta)`-DP with respect to everything the client sent. Composing the
-validation release with the training mechanisms is conservative: a record in only one of the two sets is covered
-by that set's mechanisms alone, which ``epsilon_by_mechanism`` gives. The client-level mechanism's own unit is the
-client's whole data set (add/remove one client); ``client_level_epsilon`` reports that guarantee.
+``epsilon_by_mechanism(delta)`` gives each mechanism alone at its own unit: ``accuracy_release`` and ``dp_sgd`` for
+one record (add/remove), ``client_level`` for the client's whole data set. ``epsilon(delta)`` composes everything
+for one record of the client's data, wherever it is (training or validation), with the tight
+privacy-loss-distribution accountant of ``dp_accounting`` (pessimistic discretisation, so an upper bound). There
+the client-level mechanism enters at :math:`z/2`: with the client present, changing one of its records can move
+its clipped update anywhere within a ball of radius :math:`C` around the old one, twice the sensitivity of its
+absence. Composing the validation release with the training mechanisms is conservative: a record in only one of
+the two sets is covered by that set's mechanisms alone, which ``epsilon_by_mechanism`` gives.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class ClientLedger:
     accuracy_releases: Counter = field(default_factory=Counter)  # epsilon per release -> count
     dp_sgd_steps: Counter = field(default_factory=Counter)  # (sample rate, noise multiplier) -> steps
     gaussian_inverse_square: float = 0.0  # sum over rounds of z_r^-2 (client-level mechanism)
+    unaccounted_rounds: int = 0  # rounds whose DP-SGD figures never arrived (a dropped reply without them)
 
     def record_accuracy_release(self, epsilon: float) -> None:
         if not epsilon > 0 or not math.isfinite(epsilon):
@@ -61,7 +66,7 @@ class ClientLedger:
             raise ValueError(f"Gaussian noise multiplier must be a positive finite number, got {noise_multiplier!r}")
         self.gaussian_inverse_square += noise_multiplier ** -2
 
-    def _events(self) -> dict[str, list]:
+    def _events(self, record_unit: bool = False) -> dict[str, list]:
         import dp_accounting
 
         releases = [dp_accounting.SelfComposedDpEvent(dp_accounting.LaplaceDpEvent(1.0 / eps), count)
@@ -69,17 +74,17 @@ class ClientLedger:
         dp_sgd = [dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
             for (q, sigma), steps in sorted(self.dp_sgd_steps.items()) if steps > 0]
-        gaussian = ([dp_accounting.GaussianDpEvent(self.gaussian_inverse_square ** -0.5)]
-                    if self.gaussian_inverse_square > 0 else [])
+        z = self.client_level_noise_multiplier()
+        gaussian = [dp_accounting.GaussianDpEvent(z / 2 if record_unit else z)] if z is not None else []
         return {"accuracy_release": releases, "dp_sgd": dp_sgd, "client_level": gaussian}
 
     def epsilon_by_mechanism(self, delta: float) -> dict[str, float]:
-        """Epsilon at ``delta`` of each mechanism alone (0 for one that did not run)."""
+        """Epsilon at ``delta`` of each mechanism alone, at its own unit (0 for one that did not run)."""
         return {name: _epsilon(events, delta) for name, events in self._events().items()}
 
     def epsilon(self, delta: float) -> float:
-        """Epsilon at ``delta`` of every mechanism composed (one record of the client's data)."""
-        return _epsilon([e for events in self._events().values() for e in events], delta)
+        """Epsilon at ``delta`` of every mechanism composed, for one record of the client's data."""
+        return _epsilon([e for events in self._events(record_unit=True).values() for e in events], delta)
 
     def client_level_noise_multiplier(self) -> float | None:
         """The one Gaussian mechanism the client-level rounds compose into, or None without them."""
@@ -107,6 +112,8 @@ class PrivacyLedger:
             z = ledger.client_level_noise_multiplier()
             if z is not None:
                 per_client[client_id]["client_level_noise_multiplier"] = z
+            if ledger.unaccounted_rounds:
+                per_client[client_id]["unaccounted_rounds"] = ledger.unaccounted_rounds
         total = {"composed": max((c["composed"] for c in per_client.values()), default=0.0)}
         for name in ("accuracy_release", "dp_sgd", "client_level"):
             total[name] = max((c[name] for c in per_client.values()), default=0.0)

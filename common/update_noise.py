@@ -17,7 +17,9 @@ weights held fixed) moves the sum by at most :math:`C \max_i w_i`. The effective
 
 .. math:: z = \sigma \sqrt{\textstyle\sum_i w_i^2 / n} \,/\, \max_i w_i \qquad (\text{uniform } w_i = 1/n: z = \sigma).
 
-Conventions and limits: the guarantee is for the aggregate (what the other clients and anyone who sees the
+Changing one record of a client that takes part moves its clipped update by up to :math:`2C`, so for one record
+the multiplier is :math:`z/2` (``common.privacy_ledger`` counts it so). Conventions and limits: the weights are
+taken as public (sample counts are sent in clear); the guarantee is for the aggregate (what the other clients and anyone who sees the
 model get). It assumes every client adds its share: a client that skips it lowers everyone's noise. A single
 reply carries only :math:`\sigma/\sqrt n` of noise relative to its own clip, so against a server that sees a
 client's plaintext layers the protection is that weaker multiplier; layers under CKKS are seen only as the sum.

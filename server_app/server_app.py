@@ -138,7 +138,8 @@ def feed_ledger(ledger: PrivacyLedger, events: dict) -> None:
             entry.record_accuracy_release(client["accuracy_epsilon"])
         if "dp_sgd" in client:
             entry.record_dp_sgd(*client["dp_sgd"])
-        if z is not None:
+        entry.unaccounted_rounds += "unaccounted" in client
+        if z is not None and not client.get("dropped"):
             entry.record_gaussian(z)
 
 

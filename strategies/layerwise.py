@@ -242,6 +242,7 @@ class LayerwiseStrategy(Strategy):
             n_chunks = math.ceil(length / aggregator.params.slot_count)
             check_chunks = lambda chunks: aggregator.validate(chunks, n_chunks, length)  # noqa: E731
         valid: list[TrainReply] = []
+        dropped_replies: list[Message] = []  # they reached the server: what they released still counts
         for msg in replies:
             if not msg.has_error():
                 current.bytes["train_up"] += serialized_size(msg.content)
@@ -253,6 +254,7 @@ class LayerwiseStrategy(Strategy):
             except ReplyRejected as err:
                 log(WARNING, "Round %d: dropped reply: %s", server_round, err)
                 current.dropped.append(str(err))
+                dropped_replies.append(msg)
         if len(valid) < self.opt.min_clients:
             raise RoundFailed(f"round {server_round}: only {len(valid)} valid replies, min-clients is "
                               f"{self.opt.min_clients}; dropped: {'; '.join(current.dropped)}")
@@ -273,32 +275,44 @@ class LayerwiseStrategy(Strategy):
         # the last value of a newly frozen layer went out this round; stop sending it from now on
         self.frozen_delivered |= self.frozen
         total = sum(r.num_examples for r in valid)
-        current.train = {"clients": len(valid), "num_examples": total,
-                         "loss": float(sum(r.metrics.get("train-loss", 0.0) * r.num_examples for r in valid) / total),
+        with_loss = [r for r in valid if "train-loss" in r.metrics]  # none under update DP: the loss is not private
+        loss = (sum(r.metrics["train-loss"] * r.num_examples for r in with_loss)
+                / sum(r.num_examples for r in with_loss) if with_loss else math.nan)
+        current.train = {"clients": len(valid), "num_examples": total, "loss": float(loss),
                          "client_seconds_max": max(r.metrics.get("train-seconds", 0.0) for r in valid)}
         if self.opt.weighting == "dp-softmax":
             current.train["dp_accuracy_mean"] = float(np.mean([r.metrics["dp-accuracy"] for r in valid]))
-        current.privacy_events = self.privacy_events(valid, weights, len(sent))
-        return MetricRecord({"train-loss": current.train["loss"], "num-examples": total})
+        current.privacy_events = self.privacy_events(valid, weights, len(sent), dropped_replies)
+        return MetricRecord({"num-examples": total, **({"train-loss": float(loss)} if with_loss else {})})
 
-    def privacy_events(self, valid: list[TrainReply], weights: np.ndarray, shares: int) -> dict:
-        """The DP mechanisms each valid client ran this round, for ``common.privacy_ledger``; client-level DP: the
-        round's effective noise multiplier from the actual weights (``DistributedGaussianUpdate``)."""
+    def privacy_events(self, valid: list[TrainReply], weights: np.ndarray, shares: int,
+                       dropped: list[Message] = ()) -> dict:
+        """The DP mechanisms each client ran this round, for ``common.privacy_ledger``: the valid replies, and the
+        dropped ones (their release and their DP-SGD steps reached the server all the same; a dropped client's
+        update is not in the aggregate, so no client-level round). Client-level DP: the round's effective noise
+        multiplier from the actual weights (``DistributedGaussianUpdate``)."""
         release = self.opt.dp_epsilon if self.opt.weighting == "dp-softmax" else 0.0
         events: dict = {"clients": {}}
         if self.opt.update_dp == "client":
             events["client_level_noise_multiplier"] = DistributedGaussianUpdate.effective_noise_multiplier(
                 weights, self.opt.update_dp_noise, shares)
-        for reply in valid:
-            client = {"accuracy_epsilon": release}
+        reported = [(str(r.node_id), r.metrics, True) for r in valid]
+        for msg in dropped:
+            metrics = msg.content.get("metrics") if not msg.has_error() else None
+            reported.append((str(msg.metadata.src_node_id), dict(metrics or {}), False))
+        for node, metrics, aggregated in reported:
+            client = {"accuracy_epsilon": release if (aggregated or "dp-accuracy" in metrics) else 0.0}
             if self.opt.update_dp == "example":
-                client["dp_sgd"] = [reply.metrics["update-dp-sample-rate"], self.opt.update_dp_noise,
-                                    int(reply.metrics["update-dp-steps"])]
-                if "update-dp-epsilon-opacus" in reply.metrics:  # the client's own RDP figure, a cross-check
-                    client["opacus_epsilon"] = reply.metrics["update-dp-epsilon-opacus"]
-            if self.opt.update_dp == "client":
-                client["update_norm"] = reply.metrics["update-norm"]
-            events["clients"][str(reply.node_id)] = client
+                rate, steps = metrics.get("update-dp-sample-rate"), metrics.get("update-dp-steps")
+                if isinstance(rate, (int, float)) and 0 < rate <= 1 and isinstance(steps, (int, float)) and steps >= 0:
+                    client["dp_sgd"] = [float(rate), self.opt.update_dp_noise, int(steps)]
+                else:
+                    client["unaccounted"] = "DP-SGD figures missing or out of range"
+                if "update-dp-epsilon-opacus" in metrics:  # the client's own RDP figure, a cross-check
+                    client["opacus_epsilon"] = metrics["update-dp-epsilon-opacus"]
+            if not aggregated:
+                client["dropped"] = True
+            events["clients"][node] = client
         return events
 
     # ---------------------------------------------------------------- evaluate

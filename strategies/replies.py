@@ -134,14 +134,10 @@ def parse_train_reply(
 
 
 def _check_update_dp_metrics(metrics: Mapping[str, object], update_dp: str, node: int | None) -> None:
-    """DP-SGD: the sample rate in (0, 1] and whole steps >= 0 the ledger composes; client-level: the update norm."""
+    """DP-SGD: the sample rate in (0, 1] and the whole steps >= 0 that the ledger composes."""
     if update_dp == "example":
         rate, steps = metrics.get("update-dp-sample-rate"), metrics.get("update-dp-steps")
         if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
             raise ReplyRejected(f"node {node}: 'update-dp-sample-rate' is {rate!r}, expected a number in (0, 1]")
         if not isinstance(steps, int) or steps < 0:
             raise ReplyRejected(f"node {node}: 'update-dp-steps' is {steps!r}, expected an integer >= 0")
-    elif update_dp == "client":
-        norm = metrics.get("update-norm")
-        if not isinstance(norm, (int, float)) or norm < 0:
-            raise ReplyRejected(f"node {node}: 'update-norm' is {norm!r}, expected a number >= 0")

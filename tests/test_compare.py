@@ -46,11 +46,12 @@ def test_figures_are_averaged_over_seeds_with_their_standard_deviation():
 
 
 def test_private_arms_report_the_composed_epsilon_and_a_privacy_table():
-    private = _metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": 0.7})
-    private["privacy"]["ledger"] = {"total": {"composed": 25.0, "accuracy_release": 19.1, "dp_sgd": 9.5,
-                                              "client_level": 0.0}}
-    rows = {"adeptheq-4q2l": [summarise_run(_metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": 0.8}), 2)],
-            "dp-sgd-s4": [summarise_run(private, 2)]}
+    private, plain = (_metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": v}) for v in (0.7, 0.8))
+    private["privacy"].update(update_dp="example", ledger={"total": {
+        "composed": 25.0, "accuracy_release": 19.1, "dp_sgd": 9.5, "client_level": 0.0}})
+    plain["privacy"].update(update_dp="none", ledger={"total": {  # what a run without update DP writes
+        "composed": 1.9, "accuracy_release": 1.9, "dp_sgd": 0.0, "client_level": 0.0}})
+    rows = {"adeptheq-4q2l": [summarise_run(plain, 2)], "dp-sgd-s4": [summarise_run(private, 2)]}
     assert rows["dp-sgd-s4"][0]["epsilon"] == 25.0 and rows["dp-sgd-s4"][0]["epsilon_updates"] == 9.5
     assert rows["adeptheq-4q2l"][0]["epsilon"] == 1.9 and rows["adeptheq-4q2l"][0]["epsilon_updates"] is None
     args = parse_args(["--arms", "privacy", "--seeds", "1", "--out", "x"])

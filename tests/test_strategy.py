@@ -299,16 +299,13 @@ def test_client_level_dp_orders_shares_records_the_effective_multiplier_and_drop
     assert (orders["update-dp"], orders["update-dp-noise"], orders["update-dp-clip"], orders["update-dp-shares"]) \
         == ("client", 2.0, 0.5, 4)
     counts = [10, 30, 20, 40]
-    replies = []
-    for i, (request, count) in enumerate(zip(requests, counts)):
-        reply = client_reply(strategy, request, perturbed(initial, i + 1), count)
-        if i < 3:  # the fourth forgets the norm the ledger needs: dropped, and its share of the noise is missing
-            reply.content["metrics"]["update-norm"] = 0.4
-        replies.append(reply)
+    clients = [perturbed(initial, i + 1) for i in range(4)]
+    clients[3]["fc.bias"][0] = np.nan  # the fourth reply is dropped: its share of the noise is missing
+    replies = [client_reply(strategy, r, p, n) for r, p, n in zip(requests, clients, counts)]
     strategy.aggregate_train(1, replies)
-    assert len(strategy._current.dropped) == 1 and "'update-norm' is None" in strategy._current.dropped[0]
+    assert len(strategy._current.dropped) == 1 and "not a finite float array" in strategy._current.dropped[0]
     w = np.array(counts[:3]) / sum(counts[:3])
     events = strategy._current.privacy_events
     # noise std sigma C sqrt(sum w^2 / n) with n = 4 shares sent, over the sensitivity C max w
     assert events["client_level_noise_multiplier"] == pytest.approx(2.0 * np.sqrt(np.sum(w ** 2) / 4) / w.max())
-    assert set(events["clients"]) == {str(n) for n in NODES[:3]}
+    assert [c.get("dropped", False) for c in events["clients"].values()] == [False, False, False, True]
