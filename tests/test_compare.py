@@ -48,7 +48,8 @@ def test_figures_are_averaged_over_seeds_with_their_standard_deviation():
 def test_private_arms_report_the_composed_epsilon_and_a_privacy_table():
     private, plain = (_metrics([0.7, 0.8], test={"num-examples": 3, "macro-auc": v}) for v in (0.7, 0.8))
     private["privacy"].update(update_dp="example", ledger={"total": {
-        "composed": 25.0, "accuracy_release": 19.1, "dp_sgd": 9.5, "client_level": 0.0}})
+        "composed": 25.0, "accuracy_release": 19.1, "dp_sgd": 9.5, "client_level": 0.0}, "per_client": {
+        "1": {"dp_sgd": 9.5}, "2": {"dp_sgd": 3.0}, "3": {"dp_sgd": 5.0}}})
     plain["privacy"].update(update_dp="none", ledger={"total": {  # what a run without update DP writes
         "composed": 1.9, "accuracy_release": 1.9, "dp_sgd": 0.0, "client_level": 0.0}})
     rows = {"adeptheq-4q2l": [summarise_run(plain, 2)], "dp-sgd-s4": [summarise_run(private, 2)]}
@@ -58,8 +59,8 @@ def test_private_arms_report_the_composed_epsilon_and_a_privacy_table():
     assert [a.name for a in args.arm_list] == ["fedavg", "adeptheq-4q2l", "dp-sgd-s1", "dp-sgd-s2", "dp-sgd-s4",
                                                "dp-sgd-s8", "client-dp-s1"]
     text = markdown(aggregate(rows), args, "cmd")
-    assert "| dp-sgd-s4 | 9.50 | 25.00 | 0.700 ± 0.000 |" in text
-    assert "| adeptheq-4q2l | not private | 1.90 | 0.800 ± 0.000 |" in text
+    assert "| dp-sgd-s4 | 9.50 | 5.00 | 25.00 | 0.700 ± 0.000 |" in text
+    assert "| adeptheq-4q2l | not private | - | 1.90 | 0.800 ± 0.000 |" in text
 
 
 def test_bad_arguments_are_refused():
