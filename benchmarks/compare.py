@@ -133,6 +133,7 @@ def summarise_run(metrics: dict, clients: int) -> dict:
         "seconds_per_round": metrics.get("total_seconds", math.nan) / len(rounds),
         # every mechanism composed, largest over clients (runs before the ledger: the accuracy release's)
         "epsilon": ledger.get("composed", privacy.get("best")),
+        "update_dp": update_dp,
         "epsilon_updates": ledger.get(mechanism),
         "epsilon_updates_median": statistics.median(per_client) if mechanism and per_client else None,
         "validation_auc": [r["validation"].get("macro-auc") for r in rounds],
@@ -221,6 +222,7 @@ def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
                         "epsilon_updates_median", "fusion_alpha"):
                 entry[key] = _mean_std([r.get(key) for r in ok])
             entry["chosen_round"] = [r["chosen_round"] for r in ok]
+            entry["update_dp"] = ok[0].get("update_dp", "none")
             entry["no_test_split"] = any(r["no_test_split"] for r in ok)
             for key in ("validation_auc", "bytes_per_round"):  # per round, mean over seeds
                 width = max(len(r[key]) for r in ok)
@@ -316,9 +318,16 @@ def plot(table: dict, out: Path) -> None:
     private = {arm: e for arm, e in table.items() if _private(e)}
     if private:
         fig, ax = plt.subplots(figsize=(7, 5))
-        for arm, e in private.items():
-            ax.errorbar(e["epsilon_updates"][0], e["chosen"]["macro-auc"][0], yerr=e["chosen"]["macro-auc"][1],
-                        marker="o", capsize=3, label=arm)
+        for unit, marker in (("example", "o"), ("client", "s")):  # a curve per mechanism, by epsilon
+            arms = sorted((e["epsilon_updates"][0], arm) for arm, e in private.items() if e["update_dp"] == unit)
+            if len(arms) > 1:
+                ax.plot([x for x, _ in arms], [private[a]["chosen"]["macro-auc"][0] for _, a in arms], color="grey",
+                        linewidth=0.8)
+            for _, arm in arms:
+                e = private[arm]
+                ax.errorbar(e["epsilon_updates"][0], e["chosen"]["macro-auc"][0],
+                            yerr=e["chosen"]["macro-auc"][1], marker=marker, capsize=3,
+                            label=arm + (" (epsilon per client's data set)" if unit == "client" else ""))
         for arm, e in table.items():
             if arm not in private and "chosen" in e:
                 ax.axhline(e["chosen"]["macro-auc"][0], linestyle="--", linewidth=1,
