@@ -238,10 +238,13 @@ class RunConfig(BaseModel):
             raise ValueError("a comma-separated list of layer names (e.g. 'fc' or 'proj,fc'), 'all' or 'none'")
         return ",".join(names)
 
+    def _changed_from_defaults(self, names) -> list[str]:
+        return [name for name in names if getattr(self, name) != type(self).model_fields[name].default]
+
     @model_validator(mode="after")
     def _green_keys_need_the_green_model(self) -> "RunConfig":
         if self.model != "green":
-            changed = [name for name in GREEN_KEYS if getattr(self, name) != type(self).model_fields[name].default]
+            changed = self._changed_from_defaults(GREEN_KEYS)
             if changed:
                 raise ValueError(f"{', '.join(_kebab(n) for n in changed)} at their defaults with model "
                                  f"'{self.model}' (they shape model 'green' only)")
@@ -250,8 +253,7 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _update_dp_fits_the_run(self) -> "RunConfig":
         if self.update_dp == "none":
-            changed = [name for name in ("update_dp_noise", "update_dp_clip")
-                       if getattr(self, name) != type(self).model_fields[name].default]
+            changed = self._changed_from_defaults(("update_dp_noise", "update_dp_clip"))
             if changed:
                 raise ValueError(f"{', '.join(_kebab(n) for n in changed)} set with update-dp = 'none'; expected "
                                  "update-dp = 'example' or 'client' (they tune those only)")

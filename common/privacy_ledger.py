@@ -29,15 +29,27 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 
-def _epsilon(events: list, delta: float) -> float:
-    if not events:
+@lru_cache(maxsize=256)
+def _epsilon(spec: tuple, delta: float) -> float:
+    """PLD epsilon at ``delta`` of the mechanisms in ``spec``, a tuple of ("laplace", 1/eps, count),
+    ("dp-sgd", q, sigma, steps) and ("gaussian", z); cached, since clients of one run often ran the same ones."""
+    if not spec:
         return 0.0
     import dp_accounting  # lazily: only the server's report needs it
 
+    def event(kind, *args):
+        if kind == "laplace":
+            return dp_accounting.SelfComposedDpEvent(dp_accounting.LaplaceDpEvent(args[0]), args[1])
+        if kind == "dp-sgd":
+            return dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(args[0], dp_accounting.GaussianDpEvent(args[1])), args[2])
+        return dp_accounting.GaussianDpEvent(args[0])
+
     accountant = dp_accounting.pld.PLDAccountant()
-    accountant.compose(dp_accounting.ComposedDpEvent(events))
+    accountant.compose(dp_accounting.ComposedDpEvent([event(*item) for item in spec]))
     return float(accountant.get_epsilon(delta))
 
 
@@ -66,16 +78,14 @@ class ClientLedger:
             raise ValueError(f"Gaussian noise multiplier must be a positive finite number, got {noise_multiplier!r}")
         self.gaussian_inverse_square += noise_multiplier ** -2
 
-    def _events(self, record_unit: bool = False) -> dict[str, list]:
-        import dp_accounting
-
-        releases = [dp_accounting.SelfComposedDpEvent(dp_accounting.LaplaceDpEvent(1.0 / eps), count)
-                    for eps, count in sorted(self.accuracy_releases.items())]
-        dp_sgd = [dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
-            for (q, sigma), steps in sorted(self.dp_sgd_steps.items()) if steps > 0]
+    def _events(self, record_unit: bool = False) -> dict[str, tuple]:
+        """Each mechanism's events as ``_epsilon`` specs; the Laplace noise multiplier is 1/eps (scale over L1
+        sensitivity)."""
+        releases = tuple(("laplace", 1.0 / eps, count) for eps, count in sorted(self.accuracy_releases.items()))
+        dp_sgd = tuple(("dp-sgd", q, sigma, steps) for (q, sigma), steps in sorted(self.dp_sgd_steps.items())
+                       if steps > 0)
         z = self.client_level_noise_multiplier()
-        gaussian = [dp_accounting.GaussianDpEvent(z / 2 if record_unit else z)] if z is not None else []
+        gaussian = (("gaussian", z / 2 if record_unit else z),) if z is not None else ()
         return {"accuracy_release": releases, "dp_sgd": dp_sgd, "client_level": gaussian}
 
     def epsilon_by_mechanism(self, delta: float) -> dict[str, float]:
@@ -84,7 +94,7 @@ class ClientLedger:
 
     def epsilon(self, delta: float) -> float:
         """Epsilon at ``delta`` of every mechanism composed, for one record of the client's data."""
-        return _epsilon([e for events in self._events(record_unit=True).values() for e in events], delta)
+        return _epsilon(sum(self._events(record_unit=True).values(), ()), delta)
 
     def client_level_noise_multiplier(self) -> float | None:
         """The one Gaussian mechanism the client-level rounds compose into, or None without them."""

@@ -33,8 +33,8 @@ from common.update_noise import DistributedGaussianUpdate
 from common.wire import he_record, layer_order, serialized_size, to_array_record
 from strategies.freezing import EMALayerFreezer
 from strategies.model_selection import BestRoundSelector
-from strategies.replies import ReplyRejected, RoundFailed, TrainReply, client_failure_reason, describe_failures, \
-    parse_train_reply
+from strategies.replies import (ReplyRejected, RoundFailed, TrainReply, check_update_dp_metrics, client_failure_reason,
+                                describe_failures, parse_train_reply)
 from strategies.weighting import tempered_softmax, weight_spread
 
 
@@ -254,7 +254,8 @@ class LayerwiseStrategy(Strategy):
             except ReplyRejected as err:
                 log(WARNING, "Round %d: dropped reply: %s", server_round, err)
                 current.dropped.append(str(err))
-                dropped_replies.append(msg)
+                if not msg.has_error():  # an error carries no release
+                    dropped_replies.append(msg)
         if len(valid) < self.opt.min_clients:
             raise RoundFailed(f"round {server_round}: only {len(valid)} valid replies, min-clients is "
                               f"{self.opt.min_clients}; dropped: {'; '.join(current.dropped)}")
@@ -297,16 +298,16 @@ class LayerwiseStrategy(Strategy):
             events["client_level_noise_multiplier"] = DistributedGaussianUpdate.effective_noise_multiplier(
                 weights, self.opt.update_dp_noise, shares)
         reported = [(str(r.node_id), r.metrics, True) for r in valid]
-        for msg in dropped:
-            metrics = msg.content.get("metrics") if not msg.has_error() else None
-            reported.append((str(msg.metadata.src_node_id), dict(metrics or {}), False))
+        reported += [(str(m.metadata.src_node_id), dict(m.content.get("metrics") or {}), False) for m in dropped]
         for node, metrics, aggregated in reported:
             client = {"accuracy_epsilon": release if (aggregated or "dp-accuracy" in metrics) else 0.0}
             if self.opt.update_dp == "example":
-                rate, steps = metrics.get("update-dp-sample-rate"), metrics.get("update-dp-steps")
-                if isinstance(rate, (int, float)) and 0 < rate <= 1 and isinstance(steps, (int, float)) and steps >= 0:
-                    client["dp_sgd"] = [float(rate), self.opt.update_dp_noise, int(steps)]
-                else:
+                try:
+                    if not aggregated:  # a valid reply passed this check already (its metrics are floats since)
+                        check_update_dp_metrics(metrics, "example", node)
+                    client["dp_sgd"] = [float(metrics["update-dp-sample-rate"]), self.opt.update_dp_noise,
+                                        int(metrics["update-dp-steps"])]
+                except ReplyRejected:
                     client["unaccounted"] = "DP-SGD figures missing or out of range"
                 if "update-dp-epsilon-opacus" in metrics:  # the client's own RDP figure, a cross-check
                     client["opacus_epsilon"] = metrics["update-dp-epsilon-opacus"]

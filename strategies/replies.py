@@ -111,7 +111,7 @@ def parse_train_reply(
         acc = metrics.get("dp-accuracy")
         if acc is None or not 0.0 <= float(acc) <= 1.0:
             raise ReplyRejected(f"node {node}: 'dp-accuracy' is {acc!r}, expected a number in [0, 1]")
-    _check_update_dp_metrics(metrics, update_dp, node)
+    check_update_dp_metrics(metrics, update_dp, node)
     chunks = None
     if expected_chunks:
         he = content.get("he")
@@ -133,7 +133,7 @@ def parse_train_reply(
                       metrics={k: float(v) for k, v in metrics.items()}, chunks=chunks)
 
 
-def _check_update_dp_metrics(metrics: Mapping[str, object], update_dp: str, node: int | None) -> None:
+def check_update_dp_metrics(metrics: Mapping[str, object], update_dp: str, node: int | None) -> None:
     """DP-SGD: the sample rate in (0, 1] and the whole steps >= 0 that the ledger composes."""
     if update_dp == "example":
         rate, steps = metrics.get("update-dp-sample-rate"), metrics.get("update-dp-steps")

@@ -288,7 +288,7 @@ def test_all_layers_encrypted_freeze_from_client_reported_scores(contexts):
     assert "conv1" not in strategy.encrypted_packing() and "quantum" in strategy.encrypted_packing()
 
 
-def test_client_level_dp_orders_shares_records_the_effective_multiplier_and_drops_unaccounted_replies(contexts):
+def test_client_level_dp_orders_shares_and_records_the_effective_multiplier_without_a_dropped_reply(contexts):
     cfg = RunConfig(strategy="fedavg", update_dp="client", update_dp_noise=2.0, update_dp_clip=0.5)
     model = build_model(cfg)
     strategy = LayerwiseStrategy(options_for(cfg, model.layer_names()), model.layer_names(), state_by_layer(model),
